@@ -1,0 +1,1 @@
+"""topodra DRA driver: discovery, topology, ResourceSlices, kubelet plugin."""

@@ -1,0 +1,1 @@
+"""topodra scheduler extender: cache, topology index, filter/score, gang planner, HTTP."""
