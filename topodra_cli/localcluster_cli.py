@@ -1,11 +1,87 @@
-"""`topodra local-cluster` sub-command."""
+"""`topodra local-cluster up|down|status|add-node`."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
+
+from topodra_cli.localcluster import ClusterError, LocalCluster, default_dir
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("local-cluster", help="local-cluster (coming)")
-    p.set_defaults(handler=lambda _a: 2)
+    p: argparse.ArgumentParser = sub.add_parser(
+        "local-cluster", help="run a real Kubernetes control plane as local processes (tests, demo)"
+    )
+    lsub = p.add_subparsers(dest="lc_command", metavar="ACTION", required=True)
+
+    up = lsub.add_parser("up", help="start etcd, apiserver, controller-manager, scheduler; print the kubeconfig")
+    up.add_argument("--dir", type=Path, default=None, help=f"cluster directory (default {default_dir()})")
+    up.add_argument("--apiserver-port", type=int, default=None, help="fixed apiserver port (default: a free one)")
+    up.add_argument("--no-build", action="store_true", help="fail instead of building missing binaries")
+    up.set_defaults(handler=_up)
+
+    down = lsub.add_parser("down", help="stop every process of the cluster")
+    down.add_argument("--dir", type=Path, default=None)
+    down.set_defaults(handler=_down)
+
+    st = lsub.add_parser("status", help="show the cluster's processes")
+    st.add_argument("--dir", type=Path, default=None)
+    st.set_defaults(handler=_status)
+
+    an = lsub.add_parser("add-node", help="add a fake Ready node (no kubelet)")
+    an.add_argument("name")
+    an.add_argument("--dir", type=Path, default=None)
+    an.add_argument("--label", action="append", default=[], metavar="K=V")
+    an.set_defaults(handler=_add_node)
+
+
+def _fail(e: Exception) -> int:
+    print(f"topodra local-cluster: {e}", file=sys.stderr)
+    return 1
+
+
+def _up(args: argparse.Namespace) -> int:
+    c = LocalCluster(args.dir)
+    try:
+        c.up(apiserver_port=args.apiserver_port, build=not args.no_build)
+    except ClusterError as e:
+        return _fail(e)
+    print(f"local-cluster: up ({c.server}), logs in {c.dir / 'logs'}", file=sys.stderr)
+    print(c.kubeconfig)
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    c = LocalCluster(args.dir)
+    c.down()
+    print(f"local-cluster: down ({c.dir})", file=sys.stderr)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    c = LocalCluster(args.dir)
+    names = c.procs.names()
+    if not names:
+        print(f"no cluster in {c.dir}")
+        return 1
+    for n in names:
+        print(f"{n:28} pid {c.procs.pid(n)!s:8} {'running' if c.procs.running(n) else 'STOPPED'}")
+    return 0 if c.is_running() else 1
+
+
+def _add_node(args: argparse.Namespace) -> int:
+    try:
+        c = LocalCluster.attach(args.dir)
+        labels = {}
+        for kv in args.label:
+            k, sep, v = kv.partition("=")
+            if not sep or not k:
+                raise ClusterError(f"--label wants K=V, got {kv!r}")
+            labels[k] = v
+        c.add_fake_node(args.name, labels)
+    except ClusterError as e:
+        return _fail(e)
+    print(f"node/{args.name} added")
+    return 0

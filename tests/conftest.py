@@ -1,0 +1,70 @@
+"""Shared fixtures: one real local control plane per test session, one namespace per test."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from topodra_cli.localcluster import LocalCluster
+from topodra_cli.localcluster.processes import pid_alive
+
+TEST_ROOT = Path(os.environ.get("TOPODRA_TEST_ROOT", "/tmp/topodra"))
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "heartbeat")
+
+
+def _sweep_stale_clusters() -> None:
+    """Tear down clusters left by killed test runs (their owner pid is gone)."""
+    for d in TEST_ROOT.glob("test-*"):
+        owner = d.name.removeprefix("test-")
+        if owner.isdigit() and not pid_alive(int(owner)):
+            LocalCluster(d).down()
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    _sweep_stale_clusters()
+    c = LocalCluster(TEST_ROOT / f"test-{os.getpid()}")
+    # SIGTERM (CI timeout, kill) must still tear the processes down.
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        c.up(owner_pid=os.getpid())
+        yield c
+    finally:
+        c.down()
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture()
+def namespace(cluster: LocalCluster) -> Iterator[str]:
+    from kubernetes import client
+
+    core = client.CoreV1Api(cluster.api_client())
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name}})
+    try:
+        yield name
+    finally:
+        # Pods on fake nodes never confirm termination: force them out so the namespace can go.
+        with contextlib.suppress(client.ApiException):
+            core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
+        with contextlib.suppress(client.ApiException):
+            core.delete_namespace(name)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and "cluster" in getattr(item, "fixturenames", ()):
+        c = item.funcargs.get("cluster") if hasattr(item, "funcargs") else None
+        if isinstance(c, LocalCluster):
+            for comp in COMPONENTS:
+                report.sections.append((f"{comp} log (tail)", c.log_tail(comp, 40)))
