@@ -1,0 +1,1 @@
+"""Test doubles for hardware: a fake libnvidia-ml.so.1 (C, built with gcc) and fake sysfs trees."""
