@@ -40,9 +40,12 @@ build() {  # build NAME PKG WANT
   echo "build-k8s: building $name ($pkg) ..."
   ( cd "$MOD" && go build -trimpath -ldflags "$LDFLAGS" -o "$BIN/$name.tmp" "$pkg" ) >"$log" 2>&1 &
   local pid=$!
+  local n=0
   while kill -0 "$pid" 2>/dev/null; do
-    sleep 30
-    kill -0 "$pid" 2>/dev/null && echo "build-k8s:   $name still building, $(( $(date +%s) - start ))s"
+    sleep 1; n=$((n + 1))
+    if (( n % 30 == 0 )) && kill -0 "$pid" 2>/dev/null; then
+      echo "build-k8s:   $name still building, $(( $(date +%s) - start ))s"
+    fi
   done
   wait "$pid" || { tail -20 "$log" >&2; die "building $name failed; full log: $log"; }
   mv "$BIN/$name.tmp" "$BIN/$name"
