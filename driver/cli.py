@@ -1,16 +1,133 @@
-"""`topodra driver` sub-command (filled in by the driver issues)."""
+"""`topodra driver`: flags and signals around `driver.app.DriverApp`.
+
+SIGTERM/SIGINT stop the driver (slices stay), SIGHUP re-runs discovery (the file backend re-reads
+its file).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
 from typing import Any
+
+from driver.model import DRIVER_NAME
+
+
+def _env_bool(name: str) -> bool | None:
+    v = os.environ.get(name)
+    return None if v is None else v.strip().lower() in ("1", "true", "yes", "on")
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("driver", help="run the DRA driver (kubelet plugin + slices)")
-    p.set_defaults(handler=lambda _a: _todo())
+    p: argparse.ArgumentParser = sub.add_parser(
+        "driver",
+        help="run the DRA driver (discovery, ResourceSlices, kubelet plugin)",
+        description="Discover GPUs and NICs and publish them as ResourceSlices; serve the kubelet plugin.",
+    )
+    env = os.environ.get
+    p.add_argument("--node-name", default=env("NODE_NAME", ""), help="this node's name (env NODE_NAME)")
+    p.add_argument("--kubeconfig", default=env("KUBECONFIG"), help="kubeconfig file; default in-cluster")
+    p.add_argument(
+        "--backend",
+        default=env("TOPODRA_BACKEND", "nvml,sysfs"),
+        help="discovery backends: nvml, sysfs, file, or nvml,sysfs (default nvml,sysfs; env TOPODRA_BACKEND)",
+    )
+    p.add_argument("--topology", type=Path, default=env("TOPODRA_TOPOLOGY"), help="topology file (file backend)")
+    p.add_argument("--sysfs-root", type=Path, default=Path(env("TOPODRA_SYSFS_ROOT", "/sys")), help="sysfs root")
+    p.add_argument("--include-virtual-nics", action="store_true", help="also publish NICs without a PCI device")
+    p.add_argument("--driver-name", default=env("TOPODRA_DRIVER_NAME", DRIVER_NAME), help="DRA driver name")
+    p.add_argument(
+        "--rediscover-interval",
+        type=float,
+        default=float(env("TOPODRA_REDISCOVER_INTERVAL", "60")),
+        help="seconds between discoveries (0 = only at start and on SIGHUP)",
+    )
+    p.add_argument("--max-devices-per-slice", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0 = off)")
+    p.add_argument("--log-level", default=env("TOPODRA_LOG_LEVEL", "info"))
+    g = p.add_argument_group("fleet mode (many simulated nodes from one topology file)")
+    g.add_argument("--fleet", action="store_true", help="publish slices for every node of --topology")
+    g.add_argument("--create-nodes", action="store_true", help="create missing Node objects (fleet mode)")
+    g.add_argument("--label-nodes", action="store_true", help="merge the file's node labels into existing Nodes")
+    g.add_argument("--once", action="store_true", help="publish once and exit (fleet mode)")
+    g.add_argument("--workers", type=int, default=16, help="concurrent API requests (fleet mode)")
+    k = p.add_argument_group("kubelet plugin")
+    k.add_argument(
+        "--kubelet-plugin",
+        action=argparse.BooleanOptionalAction,
+        default=_env_bool("TOPODRA_KUBELET_PLUGIN"),
+        help="serve the kubelet plugin (default: on, off in fleet mode)",
+    )
+    k.add_argument("--kubelet-root-dir", type=Path, default=Path(env("TOPODRA_KUBELET_ROOT_DIR", "/var/lib/kubelet")))
+    k.add_argument("--cdi-dir", type=Path, default=Path(env("TOPODRA_CDI_DIR", "/var/run/cdi")))
+    k.add_argument("--state-dir", type=Path, default=None, help="default <kubelet-root-dir>/plugins/<driver-name>")
+    k.add_argument("--pod-uid", default=env("POD_UID"), help="this pod's UID (env POD_UID), for rolling updates")
+    k.add_argument("--health", action=argparse.BooleanOptionalAction, default=True, help="serve device health")
+    p.set_defaults(handler=run)
 
 
-def _todo() -> int:
-    print("topodra driver: not implemented yet")
-    return 2
+def config_from_args(a: argparse.Namespace) -> Any:
+    from driver.app import DriverConfig, StartupError
+
+    backends = tuple(b.strip() for b in str(a.backend).split(",") if b.strip())
+    if a.topology is not None and a.backend == "nvml,sysfs" and "TOPODRA_BACKEND" not in os.environ:
+        backends = ("file",)  # --topology alone means the file backend
+    if a.fleet:
+        backends = ("file",)
+    plugin = a.kubelet_plugin if a.kubelet_plugin is not None else not a.fleet
+    if a.fleet and plugin:
+        raise StartupError("the kubelet plugin serves one node; it cannot run in fleet mode")
+    return DriverConfig(
+        node_name=a.node_name,
+        kubeconfig=a.kubeconfig,
+        backends=backends,
+        topology_file=a.topology,
+        sysfs_root=a.sysfs_root,
+        include_virtual_nics=a.include_virtual_nics,
+        driver_name=a.driver_name,
+        rediscover_interval=a.rediscover_interval,
+        max_devices_per_slice=a.max_devices_per_slice,
+        fleet=a.fleet,
+        create_nodes=a.create_nodes,
+        label_nodes=a.label_nodes,
+        once=a.once,
+        workers=a.workers,
+        kubelet_plugin=plugin,
+        kubelet_root_dir=a.kubelet_root_dir,
+        cdi_dir=a.cdi_dir,
+        state_dir=a.state_dir,
+        pod_uid=a.pod_uid,
+        health=a.health,
+        metrics_port=a.metrics_port,
+    )
+
+
+def run(a: argparse.Namespace) -> int:
+    from driver.app import DriverApp, StartupError, configure_logging
+    from driver.discovery import DiscoveryError
+
+    configure_logging(a.log_level)
+    try:
+        app = DriverApp(config_from_args(a))
+    except (StartupError, DiscoveryError) as e:
+        print(f"topodra driver: {e}", file=sys.stderr)
+        return 2
+    done = threading.Event()
+
+    def on_stop(signum: int, _frame: Any) -> None:
+        app.stop()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, lambda *_: app.rediscover())
+    try:
+        return app.run()
+    except (StartupError, DiscoveryError) as e:
+        print(f"topodra driver: {e}", file=sys.stderr)
+        return 2
+    finally:
+        done.set()

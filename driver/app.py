@@ -1,0 +1,225 @@
+"""The driver process: discovery + slice publishing (+ the kubelet plugin), as a testable object.
+
+`DriverApp(cfg).run()` blocks until `stop()`; `rediscover()` is what SIGHUP calls. Tests run it in a
+thread or as a `topodra driver ...` subprocess.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+from driver.discovery import BackendConfig, DiscoveryError, discover, discover_fleet
+from driver.kubeapi import ConfigError, KubeClient
+from driver.model import DRIVER_NAME, NodeTopology
+from driver.publisher import Backoff, PublisherMetrics, PublishLoop, SlicePublisher
+
+log = structlog.get_logger("topodra.driver")
+
+
+@dataclass(frozen=True)
+class DriverConfig:
+    node_name: str = ""
+    kubeconfig: str | None = None
+    backends: tuple[str, ...] = ("file",)
+    topology_file: Path | None = None
+    sysfs_root: Path = field(default_factory=lambda: Path("/sys"))
+    include_virtual_nics: bool = False
+    driver_name: str = DRIVER_NAME
+    rediscover_interval: float = 60.0
+    max_devices_per_slice: int | None = None
+    # fleet mode
+    fleet: bool = False
+    create_nodes: bool = False
+    label_nodes: bool = False
+    once: bool = False
+    workers: int = 16
+    # kubelet plugin
+    kubelet_plugin: bool = True
+    kubelet_root_dir: Path = field(default_factory=lambda: Path("/var/lib/kubelet"))
+    cdi_dir: Path = field(default_factory=lambda: Path("/var/run/cdi"))
+    state_dir: Path | None = None  # default <kubelet root>/plugins/<driver>
+    pod_uid: str | None = None
+    health: bool = True
+    shutdown_grace: float = 5.0
+    metrics_port: int = 0
+
+    def backend_config(self) -> BackendConfig:
+        return BackendConfig(
+            node_name=self.node_name,
+            backends=self.backends,
+            topology_file=self.topology_file,
+            sysfs_root=self.sysfs_root,
+            include_virtual_nics=self.include_virtual_nics,
+        )
+
+    @property
+    def effective_state_dir(self) -> Path:
+        return self.state_dir or self.kubelet_root_dir / "plugins" / self.driver_name
+
+
+class StartupError(Exception):
+    """The driver cannot start (bad flags, no credentials, plugin missing); the message says why."""
+
+
+def configure_logging(level: str = "info") -> None:
+    """structlog JSON lines on stderr, one event name per line."""
+    lvl = logging.getLevelName(level.upper())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(serializer=lambda o, **_: orjson.dumps(o, default=str).decode()),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl if isinstance(lvl, int) else logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+class DriverApp:
+    def __init__(self, cfg: DriverConfig, client: KubeClient | None = None) -> None:
+        if not cfg.fleet and not cfg.node_name:
+            raise StartupError("--node-name (or $NODE_NAME) is required unless --fleet is given")
+        if cfg.fleet and cfg.topology_file is None:
+            raise StartupError("--fleet needs --topology FILE")
+        self.cfg = cfg
+        try:
+            self.client = client or KubeClient.load(cfg.kubeconfig, pool_size=max(16, cfg.workers))
+        except (ConfigError, OSError) as e:
+            raise StartupError(f"cannot load Kubernetes credentials: {e}") from e
+        self.metrics = PublisherMetrics()
+        self._stop = threading.Event()
+        self._rediscover = threading.Event()
+        self.loop: PublishLoop | None = None
+        self.plugin: Any = None
+        self.fleet_runs = 0
+        self.fleet_ready = threading.Event()
+
+    # ---- control ----------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+        self._rediscover.set()
+        if self.loop is not None:
+            self.loop.stop()
+
+    def rediscover(self) -> None:
+        log.info("rediscover_requested")
+        self._rediscover.set()
+        if self.loop is not None:
+            self.loop.rediscover()
+
+    # ---- run --------------------------------------------------------------------------------------
+    def run(self) -> int:
+        if self.cfg.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(self.cfg.metrics_port, registry=self.metrics.registry)
+        return self._run_fleet() if self.cfg.fleet else self._run_node()
+
+    def _run_node(self) -> int:
+        cfg = self.cfg
+        bcfg = cfg.backend_config()
+        publisher = SlicePublisher(
+            self.client, cfg.driver_name, cfg.node_name, metrics=self.metrics, max_devices=cfg.max_devices_per_slice
+        )
+        self.loop = PublishLoop(publisher, lambda: discover(bcfg), rediscover_interval=cfg.rediscover_interval)
+        if self._stop.is_set():
+            self.loop.stop()
+        log.info(
+            "driver_starting",
+            node=cfg.node_name,
+            driver=cfg.driver_name,
+            backends=list(cfg.backends),
+            kubelet_plugin=cfg.kubelet_plugin,
+        )
+        if cfg.kubelet_plugin:
+            self.plugin = self._start_plugin(bcfg)
+        try:
+            self.loop.run()
+        finally:
+            if self.plugin is not None:
+                self.plugin.stop(cfg.shutdown_grace)
+        return 0
+
+    def _topology_for_plugin(self, bcfg: BackendConfig) -> NodeTopology:
+        current = self.loop.current_topology() if self.loop is not None else None
+        return current if current is not None else discover(bcfg)
+
+    def _start_plugin(self, bcfg: BackendConfig) -> Any:
+        cfg = self.cfg
+        try:
+            # By name: the plugin is another component's module, loaded only when it is switched on.
+            runner = importlib.import_module("driver.kubeletplugin.runner")
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("driver.kubeletplugin"):
+                raise StartupError(
+                    "the kubelet plugin (driver.kubeletplugin.runner) is not available in this build; "
+                    "run with --no-kubelet-plugin to publish slices only"
+                ) from e
+            raise
+        pcfg = runner.PluginConfig(
+            driver_name=cfg.driver_name,
+            node_name=cfg.node_name,
+            kubelet_root_dir=cfg.kubelet_root_dir,
+            cdi_dir=cfg.cdi_dir,
+            state_dir=cfg.effective_state_dir,
+            pod_uid=cfg.pod_uid,
+            health_enabled=cfg.health,
+        )
+        plugin = runner.KubeletPlugin(
+            pcfg, lambda: self._topology_for_plugin(bcfg), self.client.kubernetes_api_client()
+        )
+        plugin.start()
+        log.info("kubelet_plugin_started", state_dir=str(cfg.effective_state_dir))
+        return plugin
+
+    def _run_fleet(self) -> int:
+        from driver.fleet import publish_fleet
+
+        cfg = self.cfg
+        assert cfg.topology_file is not None
+        backoff = Backoff()
+        last: list[NodeTopology] | None = None
+        while not self._stop.is_set():
+            self._rediscover.clear()
+            try:
+                topos = discover_fleet(cfg.topology_file)
+            except DiscoveryError as e:
+                log.error("discovery_failed", reason=str(e), keeping_previous=last is not None)
+                if last is None:
+                    if cfg.once:
+                        return 1
+                    self._rediscover.wait(backoff.next())
+                    continue
+                topos = last
+            last = topos
+            res = publish_fleet(
+                self.client,
+                topos,
+                cfg.driver_name,
+                create_nodes=cfg.create_nodes,
+                label_nodes=cfg.label_nodes,
+                workers=cfg.workers,
+                max_devices=cfg.max_devices_per_slice,
+                metrics=self.metrics,
+            )
+            self.fleet_runs += 1
+            if not res.errors:
+                self.fleet_ready.set()
+                backoff.reset()
+            if cfg.once:
+                return 0 if not res.errors else 1
+            wait = backoff.next() if res.errors else (cfg.rediscover_interval or 3600.0)
+            self._rediscover.wait(wait)
+        return 0
