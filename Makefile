@@ -33,8 +33,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-k8s: ## build the pinned Kubernetes binaries (cached outside the repo)
+k8s: ## build the pinned Kubernetes binaries, etcd and helm (cached outside the repo)
 	hack/build-k8s.sh
+	hack/build-helm.sh
 
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/mypy --strict
