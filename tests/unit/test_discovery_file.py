@@ -89,7 +89,10 @@ nodeSets:
     [
         ("nodes: [{name: a, gpus: [{pciBusID: '0000:01:00.0', pcieRoot: pci0000:00, memory: lots}]}]",
          "node 'a', gpus[0] (0000:01:00.0), field 'memory'"),
-        ("nodes: [{name: a, gpus: [{pciBusID: '0000:01:00.0'}]}]", "node 'a', gpus[0] (0000:01:00.0), field 'pcieRoot'"),
+        (
+            "nodes: [{name: a, gpus: [{pciBusID: '0000:01:00.0'}]}]",
+            "node 'a', gpus[0] (0000:01:00.0), field 'pcieRoot'",
+        ),
         ("nodes: [{name: a, nics: [{pciBusID: 'zz', pcieRoot: pci0000:00}]}]", "node 'a', nics[0], field 'pciBusID'"),
         ("nodes: [{name: a, nics: [{pciBusID: '0000:01:00.0', pcieRoot: pci0000:00, mtu: big}]}]",
          "node 'a', nics[0] (0000:01:00.0), field 'mtu'"),

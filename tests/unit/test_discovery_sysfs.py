@@ -55,7 +55,7 @@ def test_virtual_interfaces_optional(tmp_path: Path) -> None:
     root = build_sysfs(tmp_path / "sys", TOPO)
     names = {n.if_name for n in discover_nics(root, include_virtual=True)}
     assert {"veth1234", "br0", "docker0"} <= names and "lo" not in names
-    virtual = [n for n in discover_nics(root, include_virtual=True) if n.if_name == "br0"][0]
+    virtual = next(n for n in discover_nics(root, include_virtual=True) if n.if_name == "br0")
     assert virtual.pci_bus_id == "" and virtual.pcie_root == ""
 
 
@@ -68,7 +68,7 @@ def test_unreadable_files_are_defaults(tmp_path: Path) -> None:
     speed = root / "class" / "net" / "ib0" / "speed"
     speed.unlink()  # the kernel answers EINVAL for speed of some links
     (root / "class" / "net" / "ib0" / "mtu").write_text("garbage\n")
-    ib0 = [n for n in discover_nics(root) if n.if_name == "ib0"][0]
+    ib0 = next(n for n in discover_nics(root) if n.if_name == "ib0")
     assert ib0.speed_mbps == 0 and ib0.mtu == 1500
 
 
