@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: test demo deps apt venv k8s containerd lint unit integration e2e bench proto clean-cluster
 
-test: deps k8s ## install everything, build Kubernetes if needed, run every test suite
+test: deps k8s containerd ## install everything, build Kubernetes and containerd if needed, run every test suite
 	$(BIN)/python -m pytest -v --durations=25 tests
 
 demo: deps k8s ## a real local cluster with the driver and extender, on fake GPUs
@@ -37,6 +37,9 @@ k8s: ## build the pinned Kubernetes binaries, etcd and helm (cached outside the 
 	hack/build-k8s.sh
 	hack/build-helm.sh
 
+containerd: ## build the pinned containerd, ctr and runc shim for the real-node tests (cached outside the repo)
+	hack/build-containerd.sh
+
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/mypy --strict
 
@@ -46,7 +49,7 @@ unit: venv
 integration: deps k8s
 	$(BIN)/python -m pytest -m "cluster and not e2e" tests
 
-e2e: deps k8s
+e2e: deps k8s containerd
 	$(BIN)/python -m pytest -m e2e tests
 
 bench: deps k8s
