@@ -133,6 +133,7 @@ class SlicePublisher:
         self.metrics = metrics or PublisherMetrics()
         self.max_devices = max_devices
         self._known_rvs: deque[str] = deque(maxlen=512)  # resourceVersions we wrote or verified
+        self.generation = 0  # last pool generation written or seen; never goes backwards
         self._lock = threading.Lock()
         self.log = log.bind(node=node, driver=driver)
 
@@ -161,8 +162,9 @@ class SlicePublisher:
         for attempt in range(max_conflicts + 1):
             owner = self.owner()
             existing = self.list_slices()
-            plan = plan_pool(desired, existing, self.driver, self.node, owner)
+            plan = plan_pool(desired, existing, self.driver, self.node, owner, min_generation=self.generation)
             if plan.empty:
+                self.generation = max(self.generation, plan.generation)
                 self._remember(existing)
                 self.metrics.syncs.labels("unchanged").inc()
                 return plan
@@ -173,6 +175,7 @@ class SlicePublisher:
                     self.log.info("slice_conflict_replan", reason=e.reason, attempt=attempt + 1)
                     continue
                 raise
+            self.generation = max(self.generation, plan.generation)
             self._remember(res.written)
             self._remember(e for e in existing if e not in plan.deletes)
             self.metrics.syncs.labels("changed").inc()

@@ -143,6 +143,7 @@ def nic_device(name: str, n: Nic) -> Json:
         "rdma": _b(n.rdma_device is not None),
         "sriov": _b(n.sriov_role == "pf"),
         "isSriovVf": _b(n.sriov_role == "vf"),
+        "virtual": _b(not n.pci_bus_id),  # dranet: no PCI function behind the interface
     }
     if n.rdma_device:
         attrs["rdmaDevice"] = _s(n.rdma_device)
@@ -319,24 +320,28 @@ def plan_pool(
     driver: str,
     node: str,
     owner: Json | None,
+    min_generation: int = 0,
 ) -> Plan:
     """Smallest correct set of writes that makes `existing` (this driver's slices of `node`) equal `desired`.
 
     If every existing slice is already right and only some are missing (deleted by someone else), the
     missing ones are re-created at the current generation. Any other change bumps the generation and
-    rewrites every slice of the pool, so consumers never mix old and new device lists.
+    rewrites every slice of the pool, so consumers never mix old and new device lists. When no slice
+    exists at all (first start, or all wiped), the pool starts at `min_generation` (the publisher passes
+    the last generation it wrote, so a pool's generation never goes backwards within one process).
     """
     by_name = {(e.get("metadata") or {}).get("name"): e for e in existing}
     want = {d.name: d for d in desired}
     count = len(desired)
     gens = {_gen(e) for e in existing}
-    current = max(gens) if gens else 0
+    current = max(gens) if gens else max(0, min_generation)
     obsolete = [e for n, e in by_name.items() if n not in want]
     good = all(_matches(by_name[n], want[n], node, count, owner) for n in by_name if n in want)
     if not obsolete and good and len(gens) <= 1:
         missing = [d for d in desired if d.name not in by_name]
         creates = tuple(slice_object(d, driver, node, current, count, owner) for d in missing)
-        reasons = tuple(f"re-create {d.name}" for d in missing)
+        verb = "re-create" if by_name else "create"
+        reasons = tuple(f"{verb} {d.name}" for d in missing)
         return Plan(generation=current, creates=creates, reasons=reasons)
     gen = current + 1
     why = [f"obsolete {(e.get('metadata') or {}).get('name')}" for e in obsolete]

@@ -5,7 +5,7 @@ Format (all keys camelCase, unknown keys are errors so typos never pass silently
     defaults: {gpu: {<gpu fields>}, nic: {<nic fields>}}     # optional, merged into every device
     nodes:                                                   # explicit nodes
     - name: node-a
-      labels: {topodra.dev/rack: rack-1}
+      labels: {topology.kubernetes.io/rack: rack-1}
       pcieRoots: {pci0000:00: {numaNode: 0}}                 # optional; devices inherit numaNode
       gpus: [{pciBusID: "0000:0a:00.0", pcieRoot: pci0000:00, ...}]
       nics: [{pciBusID: "0000:0b:00.0", pcieRoot: pci0000:00, ifName: ib0, ...}]
@@ -13,7 +13,7 @@ Format (all keys camelCase, unknown keys are errors so typos never pass silently
     - namePattern: "gpu-{i:04d}"
       count: 1000
       rackSize: 16       # optional: {rack} = i // rackSize, {block} = i // blockSize
-      labels: {topodra.dev/rack: "rack-{rack}"}
+      labels: {topology.kubernetes.io/rack: "rack-{rack}"}
       template: {pcieRoots: ..., gpus: [...], nics: [...]}
 
 In a node set, string values of labels and devices may use {i}, {node}, {rack}, {block}.

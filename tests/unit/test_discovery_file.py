@@ -28,8 +28,12 @@ nodes:
 def test_demo_file_shape() -> None:
     nodes = discover_fleet(DEMO)
     assert [n.node_name for n in nodes] == ["demo-0000", "demo-0001", "demo-0002", "demo-0003"]
-    racks = [n.labels["topodra.dev/rack"] for n in nodes]
+    racks = [n.labels["topology.kubernetes.io/rack"] for n in nodes]
     assert racks == ["rack-0", "rack-0", "rack-1", "rack-1"]
+    for n in nodes:  # the well-known topology labels the extender reads by default
+        assert n.labels["topology.kubernetes.io/zone"] == "zone-a"
+        assert n.labels["network.topology.kubernetes.io/block"] == "block-0"
+        assert n.labels["nvidia.com/gpu.clique"] == n.gpus[0].clique_id  # label = the GPUs' clique attribute
     for n in nodes:
         assert len(n.gpus) == 8 and len(n.nics) == 4
         assert {g.pcie_root for g in n.gpus} == {"pci0000:00", "pci0000:40", "pci0000:80", "pci0000:c0"}
@@ -132,3 +136,23 @@ def test_backend_config_checks(tmp_path: Path) -> None:
         BackendConfig(node_name="a", backends=("file",))
     with pytest.raises(DiscoveryError, match="cannot be combined"):
         BackendConfig(node_name="a", backends=("file", "sysfs"), topology_file=tmp_path)
+
+
+def test_kind_topology_matches_kind_cluster() -> None:
+    """deploy/examples/topology-kind.yaml describes exactly the workers of hack/kind/cluster.yaml."""
+    import yaml
+
+    cluster = yaml.safe_load((ROOT / "hack" / "kind" / "cluster.yaml").read_text())
+    workers = [n for n in cluster["nodes"] if n["role"] == "worker"]
+    # kind names workers <cluster>-worker, <cluster>-worker2, ... (cluster name "kind" by default)
+    names = ["kind-worker" + (str(i + 1) if i else "") for i in range(len(workers))]
+    nodes = discover_fleet(ROOT / "deploy" / "examples" / "topology-kind.yaml")
+    assert [n.node_name for n in nodes] == names
+    for node, worker in zip(nodes, workers, strict=True):
+        for k, v in (worker.get("labels") or {}).items():
+            assert node.labels[k] == v
+        assert node.labels["nvidia.com/gpu.clique"] == node.gpus[0].clique_id
+        assert len(node.gpus) == 4 and len(node.nics) == 2
+        roots = {g.pcie_root for g in node.gpus}
+        assert roots == {n.pcie_root for n in node.nics}  # every root has an aligned GPU-NIC pair
+    assert {g.uuid for g in nodes[0].gpus}.isdisjoint({g.uuid for g in nodes[1].gpus})
