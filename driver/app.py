@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import structlog
 
+from driver.devicehealth import mark_unhealthy
 from driver.discovery import BackendConfig, DiscoveryError, discover, discover_fleet
 from driver.kubeapi import ConfigError, KubeClient
 from driver.model import DRIVER_NAME, NodeTopology
@@ -49,6 +50,7 @@ class DriverConfig:
     state_dir: Path | None = None  # default <kubelet root>/plugins/<driver>
     pod_uid: str | None = None
     health: bool = True
+    dev_root: Path | None = None  # where device nodes are looked up (default /dev or $TOPODRA_DEV_ROOT)
     shutdown_grace: float = 5.0
     metrics_port: int = 0
 
@@ -103,6 +105,7 @@ class DriverApp:
         self._rediscover = threading.Event()
         self.loop: PublishLoop | None = None
         self.plugin: Any = None
+        self._raw_topology: NodeTopology | None = None
         self.fleet_runs = 0
         self.fleet_ready = threading.Event()
 
@@ -133,7 +136,7 @@ class DriverApp:
         publisher = SlicePublisher(
             self.client, cfg.driver_name, cfg.node_name, metrics=self.metrics, max_devices=cfg.max_devices_per_slice
         )
-        self.loop = PublishLoop(publisher, lambda: discover(bcfg), rediscover_interval=cfg.rediscover_interval)
+        self.loop = PublishLoop(publisher, lambda: self._discover(bcfg), rediscover_interval=cfg.rediscover_interval)
         if self._stop.is_set():
             self.loop.stop()
         log.info(
@@ -152,8 +155,17 @@ class DriverApp:
                 self.plugin.stop(cfg.shutdown_grace)
         return 0
 
+    def _discover(self, bcfg: BackendConfig) -> NodeTopology:
+        """Discovery for publishing: devices the plugin's health checks find unhealthy are tainted too."""
+        topo = discover(bcfg)
+        self._raw_topology = topo
+        bad = self.plugin.unhealthy_devices() if self.plugin is not None else {}
+        if not bad:
+            return topo
+        return mark_unhealthy(topo, bad)
+
     def _topology_for_plugin(self, bcfg: BackendConfig) -> NodeTopology:
-        current = self.loop.current_topology() if self.loop is not None else None
+        current = self._raw_topology
         return current if current is not None else discover(bcfg)
 
     def _start_plugin(self, bcfg: BackendConfig) -> Any:
@@ -176,10 +188,15 @@ class DriverApp:
             state_dir=cfg.effective_state_dir,
             pod_uid=cfg.pod_uid,
             health_enabled=cfg.health,
+            sysfs_root=cfg.sysfs_root,
+            metrics_registry=self.metrics.registry,
+            **({"dev_root": cfg.dev_root} if cfg.dev_root is not None else {}),
         )
         plugin = runner.KubeletPlugin(
             pcfg, lambda: self._topology_for_plugin(bcfg), self.client.kubernetes_api_client()
         )
+        # health changes re-run discovery, which taints the unhealthy devices in the slices
+        plugin.on_health_change = lambda _bad: self.loop.rediscover() if self.loop is not None else None
         plugin.start()
         log.info("kubelet_plugin_started", state_dir=str(cfg.effective_state_dir))
         return plugin

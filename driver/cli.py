@@ -67,6 +67,12 @@ def register(sub: Any) -> None:
     k.add_argument("--state-dir", type=Path, default=None, help="default <kubelet-root-dir>/plugins/<driver-name>")
     k.add_argument("--pod-uid", default=env("POD_UID"), help="this pod's UID (env POD_UID), for rolling updates")
     k.add_argument("--health", action=argparse.BooleanOptionalAction, default=True, help="serve device health")
+    k.add_argument(
+        "--dev-root",
+        type=Path,
+        default=Path(env("TOPODRA_DEV_ROOT") or "/dev") if env("TOPODRA_DEV_ROOT") else None,
+        help="where device nodes are looked up for CDI specs (default /dev; env TOPODRA_DEV_ROOT)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -102,6 +108,7 @@ def config_from_args(a: argparse.Namespace) -> Any:
         state_dir=a.state_dir,
         pod_uid=a.pod_uid,
         health=a.health,
+        dev_root=a.dev_root,
         metrics_port=a.metrics_port,
     )
 

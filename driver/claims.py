@@ -1,0 +1,144 @@
+"""ResourceClaims in the API: read one claim, write the driver's device status.
+
+The kubelet sends only namespace, name and UID; the driver reads the claim itself. `ClaimsApi` is
+what the prepare logic needs; `KubernetesClaimsApi` implements it with a `kubernetes` ApiClient
+(raw calls, JSON parsed with orjson: the generated models are slow and we only read a few fields).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import orjson
+
+Json = dict[str, Any]
+GROUP_PATH = "/apis/resource.k8s.io/v1"
+
+
+class ClaimApiError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"HTTP {status}: {reason}" if status else reason)
+        self.status = status
+        self.reason = reason
+
+
+class ClaimsApi(Protocol):
+    def get_claim(self, namespace: str, name: str) -> Json: ...
+
+    def apply_device_status(self, namespace: str, name: str, devices: Sequence[Json], field_manager: str) -> None: ...
+
+
+def claim_path(namespace: str, name: str) -> str:
+    return f"{GROUP_PATH}/namespaces/{quote(namespace, safe='')}/resourceclaims/{quote(name, safe='')}"
+
+
+@dataclass(frozen=True)
+class Result:
+    """One allocation result of a claim, as the plugin uses it."""
+
+    request: str  # may be "<request>/<subrequest>"
+    driver: str
+    pool: str
+    device: str
+    admin_access: bool = False
+    share_id: str | None = None
+
+    @property
+    def request_name(self) -> str:
+        return self.request.split("/", 1)[0]
+
+
+def allocation_results(claim: Mapping[str, Any]) -> list[Result] | None:
+    """All results of `status.allocation.devices`, any driver; None when the claim is not allocated."""
+    status = claim.get("status") or {}
+    alloc = status.get("allocation") if isinstance(status, Mapping) else None
+    if not isinstance(alloc, Mapping):
+        return None
+    devices = alloc.get("devices") or {}
+    out = []
+    for r in (devices.get("results") if isinstance(devices, Mapping) else None) or []:
+        if not isinstance(r, Mapping):
+            continue
+        share = r.get("shareID")
+        out.append(
+            Result(
+                request=str(r.get("request", "")),
+                driver=str(r.get("driver", "")),
+                pool=str(r.get("pool", "")),
+                device=str(r.get("device", "")),
+                admin_access=bool(r.get("adminAccess") or False),
+                share_id=None if share in (None, "") else str(share),
+            )
+        )
+    return out
+
+
+def opaque_config(claim: Mapping[str, Any], driver: str) -> list[Json]:
+    """`status.allocation.devices.config[]` entries for this driver: FromClass first, then FromClaim."""
+    alloc = ((claim.get("status") or {}).get("allocation") or {}).get("devices") or {}
+    cfgs: list[Json] = [
+        dict(c)
+        for c in alloc.get("config") or []
+        if isinstance(c, Mapping) and ((c.get("opaque") or {}).get("driver") == driver)
+    ]
+    return sorted(cfgs, key=lambda c: 0 if c.get("source") == "FromClass" else 1)
+
+
+class KubernetesClaimsApi:
+    def __init__(self, api_client: Any, timeout: float = 10.0) -> None:
+        self.api = api_client
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            resp = self.api.call_api(
+                path,
+                method,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _return_http_data_only=True,
+                _request_timeout=self.timeout,
+                **kw,
+            )
+        except ApiException as e:
+            raise ClaimApiError(int(e.status or 0), _reason(e.body, str(e.reason))) from None
+        except Exception as e:  # connection refused, timeouts, TLS
+            raise ClaimApiError(0, f"{type(e).__name__}: {e}") from None
+        return resp
+
+    def get_claim(self, namespace: str, name: str) -> Json:
+        resp = self._call("GET", claim_path(namespace, name), header_params={"Accept": "application/json"})
+        doc = orjson.loads(resp.data)
+        if not isinstance(doc, dict):
+            raise ClaimApiError(0, "answer is not an object")
+        return doc
+
+    def apply_device_status(self, namespace: str, name: str, devices: Sequence[Json], field_manager: str) -> None:
+        body = {
+            "apiVersion": "resource.k8s.io/v1",
+            "kind": "ResourceClaim",
+            "metadata": {"name": name, "namespace": namespace},
+            "status": {"devices": list(devices)},
+        }
+        self._call(
+            "PATCH",
+            claim_path(namespace, name) + "/status",
+            query_params=[("fieldManager", field_manager), ("force", "true")],
+            header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
+            body=body,
+        )
+
+
+def _reason(body: Any, fallback: str) -> str:
+    try:
+        doc = orjson.loads(body) if body else None
+    except (orjson.JSONDecodeError, TypeError):
+        doc = None
+    if isinstance(doc, dict) and doc.get("message"):
+        return str(doc["message"])
+    return fallback

@@ -1,0 +1,1 @@
+"""Generated protobuf modules (hack/gen-proto.sh from proto/); do not edit."""

@@ -1,0 +1,481 @@
+"""Device state: claim -> devices -> CDI edits, with the checkpoint, per claim.
+
+`DeviceState.prepare(ref)` and `.unprepare(ref)` are what the kubelet's NodePrepareResources and
+NodeUnprepareResources do for one claim; they never raise for a claim's own problem, they return
+its error text. Calls for one claim UID never interleave (striped locks); different claims run in
+parallel. In rolling-update mode (two driver pods on one node) every call also holds the shared
+`serialize.lock` flock and re-reads the checkpoint, so either pod may serve any claim.
+
+CDI edits (one spec per claim, one CDI device per allocated device):
+- GPU: device node `/dev/nvidia<minor>` (required); for the whole claim `/dev/nvidiactl`,
+  `/dev/nvidia-uvm`, `/dev/nvidia-uvm-tools` (each when it exists) and
+  `NVIDIA_VISIBLE_DEVICES=<uuid>,...` listing the claim's GPUs in device order.
+- NIC: RDMA device node `/dev/infiniband/uverbs<n>` (when the NIC has an RDMA device whose verbs
+  node exists); for the claim `/dev/infiniband/rdma_cm` (when it exists),
+  `TOPODRA_NET_INTERFACES=<ifname>,...` and `TOPODRA_RDMA_DEVICES=<rdma dev>,...`; with
+  `netdevices` on, a CDI `netDevices` entry per NIC moves the interface into the container
+  (cdiVersion 1.1.0, runc 1.3+).
+Device nodes are looked up under `dev_root` (default /dev) and appear in the container at /dev/...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from driver.cdi import CdiDevice, CdiError, CdiStore, ContainerEdits, DeviceNode, NetDevice, Spec, check_uid
+from driver.checkpoint import COMPLETED, STARTED, Checkpoint, ClaimEntry, LoadResult, PreparedDevice
+from driver.claims import ClaimApiError, ClaimsApi, Result, allocation_results
+from driver.model import Gpu, Nic, NodeTopology
+
+log = structlog.get_logger("topodra.kubeletplugin")
+
+CRASH_POINTS = ("after-started", "after-cdi", "after-completed", "after-unprepare-cdi", "before-response")
+LOCK_STRIPES = 64
+
+
+@dataclass(frozen=True)
+class ClaimRef:
+    namespace: str
+    uid: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    devices: tuple[PreparedDevice, ...] = ()
+    error: str = ""
+
+
+class PrepareError(Exception):
+    """A claim cannot be prepared; the message goes to the kubelet as the claim's error."""
+
+
+@dataclass(frozen=True)
+class DeviceEnv:
+    dev_root: Path = Path("/dev")
+    sysfs_root: Path = Path("/sys")
+    netdevices: bool = False
+
+
+class PluginMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.seconds = Histogram(
+            "topodra_kubelet_plugin_claim_seconds",
+            "Time to prepare or unprepare one claim",
+            ["op"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5, 45),
+        )
+        self.claims = Counter(
+            "topodra_kubelet_plugin_claims", "Claims handled, by operation and outcome", ["op", "outcome"], registry=r
+        )
+        self.prepared = Gauge("topodra_kubelet_plugin_prepared_claims", "Claims in the checkpoint", registry=r)
+        self.checkpoint_corrupt = Counter(
+            "topodra_kubelet_plugin_checkpoint_corrupt", "Corrupt checkpoints moved aside", registry=r
+        )
+        self.status_failures = Counter(
+            "topodra_kubelet_plugin_status_write_failures", "Failed ResourceClaim status writes", registry=r
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CDI edits
+
+
+def _node(dev: DeviceEnv, rel: str) -> tuple[DeviceNode, bool]:
+    host = dev.dev_root / rel
+    return DeviceNode(path=f"/dev/{rel}", host_path=str(host)), host.exists()
+
+
+def uverbs_for(rdma_device: str, sysfs_root: Path) -> str | None:
+    """`uverbs<n>` of an RDMA device, from `<sysfs>/class/infiniband_verbs/uverbs*/ibdev`."""
+    base = sysfs_root / "class" / "infiniband_verbs"
+    with contextlib.suppress(OSError):
+        for d in sorted(base.iterdir()):
+            with contextlib.suppress(OSError):
+                if (d / "ibdev").read_text().strip() == rdma_device:
+                    return d.name
+    return None
+
+
+def build_spec(
+    kind: str, claim_uid: str, devices: Sequence[tuple[str, Gpu | Nic]], dev: DeviceEnv
+) -> tuple[Spec, dict[str, str]]:
+    """The claim's spec and device name -> CDI device name. PrepareError when a required node is missing."""
+    cdi_devices: list[CdiDevice] = []
+    names: dict[str, str] = {}
+    uuids: list[str] = []
+    ifnames: list[str] = []
+    rdmas: list[str] = []
+    for name, d in devices:
+        if name in names:
+            continue
+        cdi_name = f"{claim_uid}-{name}"
+        names[name] = cdi_name
+        if isinstance(d, Gpu):
+            node, ok = _node(dev, f"nvidia{d.minor}")
+            if not ok:
+                raise PrepareError(f"device {name}: device node {node.host_path} does not exist")
+            uuids.append(d.uuid)
+            cdi_devices.append(CdiDevice(cdi_name, ContainerEdits(device_nodes=(node,))))
+        else:
+            nodes: list[DeviceNode] = []
+            if d.rdma_device:
+                rdmas.append(d.rdma_device)
+                verbs = uverbs_for(d.rdma_device, dev.sysfs_root)
+                if verbs is not None:
+                    vnode, ok = _node(dev, f"infiniband/{verbs}")
+                    if ok:
+                        nodes.append(vnode)
+                    else:
+                        log.warning("rdma_node_missing", device=name, path=vnode.host_path)
+            ifnames.append(d.if_name)
+            nets = (NetDevice(d.if_name, d.if_name),) if dev.netdevices and d.if_name else ()
+            cdi_devices.append(CdiDevice(cdi_name, ContainerEdits(device_nodes=tuple(nodes), net_devices=nets)))
+    env: list[str] = []
+    shared: list[DeviceNode] = []
+    if uuids:
+        env.append("NVIDIA_VISIBLE_DEVICES=" + ",".join(uuids))
+        for rel in ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"):
+            node, ok = _node(dev, rel)
+            if ok:
+                shared.append(node)
+    if ifnames:
+        env.append("TOPODRA_NET_INTERFACES=" + ",".join(ifnames))
+    if rdmas:
+        env.append("TOPODRA_RDMA_DEVICES=" + ",".join(rdmas))
+        node, ok = _node(dev, "infiniband/rdma_cm")
+        if ok:
+            shared.append(node)
+    spec = Spec(kind=kind, devices=tuple(cdi_devices), edits=ContainerEdits(env=tuple(env), device_nodes=tuple(shared)))
+    return spec, names
+
+
+# ---------------------------------------------------------------------------------------------------------
+# locks
+
+
+class FileLock(AbstractContextManager[None]):
+    """An exclusive flock on a path, a new open file each time (so threads exclude each other too)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+
+    def __enter__(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._local.fd = fd
+
+    def __exit__(self, *exc: object) -> None:
+        fd = self._local.fd
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+class StripedLocks:
+    def __init__(self, n: int = LOCK_STRIPES) -> None:
+        self._locks = tuple(threading.Lock() for _ in range(n))
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        lock = self._locks[hash(key) % len(self._locks)]
+        with lock:
+            yield
+
+
+# ---------------------------------------------------------------------------------------------------------
+# device state
+
+
+@dataclass
+class DeviceStateConfig:
+    driver: str
+    node_name: str
+    boot_id: str
+    dev: DeviceEnv = field(default_factory=DeviceEnv)
+    serialize_lock: Path | None = None  # rolling update: flock shared with the other pod
+    write_nic_status: bool = True
+    crash_at: str | None = None  # test-only fault injection (TOPODRA_CRASH_AT)
+
+
+class DeviceState:
+    def __init__(
+        self,
+        cfg: DeviceStateConfig,
+        topology: Callable[[], NodeTopology],
+        api: ClaimsApi,
+        cdi: CdiStore,
+        checkpoint: Checkpoint,
+        metrics: PluginMetrics | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.topology = topology
+        self.api = api
+        self.cdi = cdi
+        self.checkpoint = checkpoint
+        self.metrics = metrics or PluginMetrics()
+        self._locks = StripedLocks()
+        self._shared: AbstractContextManager[None] | None = (
+            FileLock(cfg.serialize_lock) if cfg.serialize_lock is not None else None
+        )
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="topodra-claim")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    @contextlib.contextmanager
+    def _claim_lock(self, uid: str) -> Iterator[None]:
+        with self._locks.hold(uid):
+            if self._shared is None:
+                yield
+                return
+            with self._shared:
+                self.checkpoint.reload()
+                yield
+
+    def crash_point(self, point: str) -> None:
+        if self.cfg.crash_at == point:
+            log.warning("crash_injected", point=point)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    # ---- start-up ------------------------------------------------------------------------------------
+    def recover(self) -> LoadResult:
+        """Load the checkpoint and make the CDI directory agree with it (see module docs of checkpoint)."""
+        ctx = self._shared if self._shared is not None else contextlib.nullcontext()
+        with ctx:
+            res = self.checkpoint.load()
+            boot = self.cfg.boot_id
+            if res.corrupt_reason is not None:
+                self.metrics.checkpoint_corrupt.inc()
+                rebuilt = [
+                    ClaimEntry(uid=uid, namespace="", name="", state=COMPLETED, boot_id=boot, recovered=True)
+                    for uid in self.cdi.claim_uids()
+                ]
+                log.error(
+                    "checkpoint_corrupt",
+                    path=str(self.checkpoint.path),
+                    reason=res.corrupt_reason,
+                    moved_to=str(res.moved_to),
+                    recovered_claims=[e.uid for e in rebuilt],
+                )
+                self.checkpoint.put_many(rebuilt)
+            if res.previous_boot_id is not None and res.previous_boot_id != boot:
+                stale = list(self.cdi.claim_uids())
+                for uid in stale:
+                    self.cdi.remove(uid)
+                log.info("reboot_detected", previous_boot_id=res.previous_boot_id, removed_cdi_specs=stale)
+            entries = self.checkpoint.entries()
+            known = {e.uid for e in entries}
+            for e in entries:
+                if e.state == STARTED:
+                    self.cdi.remove(e.uid)
+                    self.checkpoint.delete(e.uid)
+                    log.info("prepare_rolled_back", claim_uid=e.uid, claim=f"{e.namespace}/{e.name}")
+            for uid in list(self.cdi.claim_uids()):
+                if uid not in known:
+                    self.cdi.remove(uid)
+                    log.info("orphan_cdi_spec_removed", claim_uid=uid)
+            self.cdi.remove_temp_files()
+            self.checkpoint.save()
+            self.metrics.prepared.set(len(self.checkpoint.entries()))
+            log.info(
+                "checkpoint_loaded",
+                path=str(self.checkpoint.path),
+                claims=len(self.checkpoint.entries()),
+                boot_id=boot,
+            )
+            return res
+
+    # ---- batch ---------------------------------------------------------------------------------------
+    def prepare_many(self, refs: Sequence[ClaimRef]) -> dict[str, PrepareResult]:
+        return self._many(self.prepare, refs)
+
+    def unprepare_many(self, refs: Sequence[ClaimRef]) -> dict[str, str]:
+        return self._many(self.unprepare, refs)
+
+    def _many(self, fn: Callable[[ClaimRef], Any], refs: Sequence[ClaimRef]) -> dict[str, Any]:
+        if len(refs) <= 1:
+            return {r.uid: fn(r) for r in refs}
+        futures = [(r.uid, self._pool.submit(fn, r)) for r in refs]
+        return {uid: f.result() for uid, f in futures}
+
+    # ---- prepare -------------------------------------------------------------------------------------
+    def prepare(self, ref: ClaimRef) -> PrepareResult:
+        t0 = time.perf_counter()
+        try:
+            check_uid(ref.uid)
+            with self._claim_lock(ref.uid):
+                devices = self._prepare_locked(ref)
+            self.metrics.claims.labels("prepare", "ok").inc()
+            return PrepareResult(devices=devices)
+        except (PrepareError, CdiError) as e:
+            self.metrics.claims.labels("prepare", "error").inc()
+            log.warning("prepare_failed", claim=str(ref), claim_uid=ref.uid, error=str(e))
+            return PrepareResult(error=str(e))
+        except Exception as e:  # a bug or an I/O error must not take the batch down
+            self.metrics.claims.labels("prepare", "error").inc()
+            log.exception("prepare_crashed", claim=str(ref), claim_uid=ref.uid)
+            return PrepareResult(error=f"prepare claim {ref}: internal error: {type(e).__name__}: {e}")
+        finally:
+            self.metrics.seconds.labels("prepare").observe(time.perf_counter() - t0)
+
+    def _prepare_locked(self, ref: ClaimRef) -> tuple[PreparedDevice, ...]:
+        cfg = self.cfg
+        entry = self.checkpoint.get(ref.uid)
+        if (
+            entry is not None
+            and entry.state == COMPLETED
+            and not entry.recovered
+            and entry.boot_id == cfg.boot_id
+            and self.cdi.exists(ref.uid)
+        ):
+            log.debug("prepare_repeat", claim=str(ref), claim_uid=ref.uid)
+            return entry.devices
+        try:
+            claim = self.api.get_claim(ref.namespace, ref.name)
+        except ClaimApiError as e:
+            raise PrepareError(f"retrieve claim {ref}: {e}") from None
+        uid = (claim.get("metadata") or {}).get("uid")
+        if uid != ref.uid:
+            raise PrepareError(f"claim {ref} got replaced (UID {uid}, expected {ref.uid})")
+        results = allocation_results(claim)
+        if results is None:
+            raise PrepareError(f"claim {ref} not allocated")
+        ours = [r for r in results if r.driver == cfg.driver]
+        topo = self.topology()
+        named = topo.named_devices()
+        picked: list[tuple[Result, Gpu | Nic]] = []
+        for r in ours:
+            if r.pool != cfg.node_name:
+                raise PrepareError(f"claim {ref}: device {r.pool}/{r.device} is not in this node's pool")
+            d = named.get(r.device)
+            if d is None:
+                raise PrepareError(f"claim {ref}: unknown device {r.pool}/{r.device}")
+            picked.append((r, d))
+        spec, cdi_names = build_spec(self.cdi.kind, ref.uid, [(r.device, d) for r, d in picked], cfg.dev)
+        devices = tuple(
+            PreparedDevice(
+                request_names=(r.request_name,),
+                pool_name=r.pool,
+                device_name=r.device,
+                cdi_device_ids=(spec.qualified(cdi_names[r.device]),),
+                share_id=r.share_id,
+            )
+            for r, _ in picked
+        )
+        if entry is not None:  # started before a crash, stale after a reboot, or rebuilt: start over
+            self.cdi.remove(ref.uid)
+        if not devices:  # nothing of ours in the claim: nothing to set up, nothing to remember
+            if entry is not None:
+                self.checkpoint.delete(ref.uid)
+            return ()
+        started = ClaimEntry(ref.uid, ref.namespace, ref.name, STARTED, cfg.boot_id, devices)
+        self.checkpoint.put(started)
+        self.crash_point("after-started")
+        try:
+            self.cdi.write(ref.uid, spec)
+        except OSError as e:
+            self.cdi.remove(ref.uid)
+            self.checkpoint.delete(ref.uid)
+            raise PrepareError(f"claim {ref}: write CDI spec: {e}") from None
+        self.crash_point("after-cdi")
+        self.checkpoint.put(started.with_state(COMPLETED))
+        self.metrics.prepared.set(len(self.checkpoint.entries()))
+        self.crash_point("after-completed")
+        log.info(
+            "claim_prepared",
+            claim=str(ref),
+            claim_uid=ref.uid,
+            devices=[d.device_name for d in devices],
+            cdi_spec=str(self.cdi.path(ref.uid)),
+        )
+        if cfg.write_nic_status:
+            self._write_nic_status(ref, picked)
+        return devices
+
+    def _write_nic_status(self, ref: ClaimRef, picked: Sequence[tuple[Result, Gpu | Nic]]) -> None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        entries = []
+        for r, d in picked:
+            if not isinstance(d, Nic):
+                continue
+            e: dict[str, Any] = {
+                "driver": r.driver,
+                "pool": r.pool,
+                "device": r.device,
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "Prepared",
+                        "message": "prepared by the kubelet plugin",
+                        "lastTransitionTime": now,
+                    }
+                ],
+                "networkData": {
+                    k: v for k, v in (("interfaceName", d.if_name), ("hardwareAddress", d.mac)) if v
+                },
+            }
+            if r.share_id is not None:
+                e["shareID"] = r.share_id
+            entries.append(e)
+        if not entries:
+            return
+        try:
+            self.api.apply_device_status(ref.namespace, ref.name, entries, field_manager=self.cfg.driver)
+        except ClaimApiError as e:
+            self.metrics.status_failures.inc()
+            log.warning("claim_status_write_failed", claim=str(ref), claim_uid=ref.uid, error=str(e))
+
+    # ---- unprepare -----------------------------------------------------------------------------------
+    def unprepare(self, ref: ClaimRef) -> str:
+        t0 = time.perf_counter()
+        try:
+            try:
+                check_uid(ref.uid)
+            except CdiError:  # we never prepared such a claim: nothing to undo
+                log.info("claim_unprepare_unknown", claim=str(ref), claim_uid=ref.uid)
+                return ""
+            with self._claim_lock(ref.uid):
+                entry = self.checkpoint.get(ref.uid)
+                removed = self.cdi.remove(ref.uid)
+                self.crash_point("after-unprepare-cdi")
+                if entry is not None:
+                    self.checkpoint.delete(ref.uid)
+                    self.metrics.prepared.set(len(self.checkpoint.entries()))
+            if entry is not None or removed:
+                log.info("claim_unprepared", claim=str(ref), claim_uid=ref.uid)
+            else:
+                log.info("claim_unprepare_unknown", claim=str(ref), claim_uid=ref.uid)
+            self.metrics.claims.labels("unprepare", "ok").inc()
+            return ""
+        except CdiError as e:
+            self.metrics.claims.labels("unprepare", "error").inc()
+            return str(e)
+        except Exception as e:
+            self.metrics.claims.labels("unprepare", "error").inc()
+            log.exception("unprepare_crashed", claim=str(ref), claim_uid=ref.uid)
+            return f"unprepare claim {ref}: {type(e).__name__}: {e}"
+        finally:
+            self.metrics.seconds.labels("unprepare").observe(time.perf_counter() - t0)
