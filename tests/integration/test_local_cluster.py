@@ -13,26 +13,23 @@ from topodra_cli.localcluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
 
-DRIVER = "topodra.dev"
-
-
-def _device_class(name: str, kind: str) -> dict[str, Any]:
+def _device_class(name: str, kind: str, driver: str) -> dict[str, Any]:
     return {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "DeviceClass",
         "metadata": {"name": name},
         "spec": {"selectors": [{"cel": {"expression":
-            f'device.driver == "{DRIVER}" && device.attributes["{DRIVER}"].type == "{kind}"'}}]},
+            f'device.driver == "{driver}" && device.attributes["{driver}"].type == "{kind}"'}}]},
     }
 
 
-def _slice(node: str, gpus: int) -> dict[str, Any]:
+def _slice(node: str, gpus: int, driver: str) -> dict[str, Any]:
     return {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceSlice",
-        "metadata": {"name": f"{node}-{DRIVER}"},
+        "metadata": {"name": f"{node}-{driver}"},
         "spec": {
-            "driver": DRIVER,
+            "driver": driver,
             "nodeName": node,
             "pool": {"name": node, "generation": 1, "resourceSliceCount": 1},
             "devices": [
@@ -40,14 +37,6 @@ def _slice(node: str, gpus: int) -> dict[str, Any]:
             ],
         },
     }
-
-
-def _ensure(fn: Any, *args: Any) -> None:
-    try:
-        fn(*args)
-    except client.ApiException as e:
-        if e.status != 409:
-            raise
 
 
 def _pod(name: str, template: str) -> dict[str, Any]:
@@ -62,13 +51,13 @@ def _pod(name: str, template: str) -> dict[str, Any]:
     }
 
 
-def _template(name: str, count: int) -> dict[str, Any]:
+def _template(name: str, count: int, device_class: str) -> dict[str, Any]:
     return {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaimTemplate",
         "metadata": {"name": name},
         "spec": {"spec": {"devices": {"requests": [
-            {"name": "gpu", "exactly": {"deviceClassName": "gpu.topodra.dev", "count": count}}]}}},
+            {"name": "gpu", "exactly": {"deviceClassName": device_class, "count": count}}]}}},
     }
 
 
@@ -97,11 +86,14 @@ def test_scheduler_allocates_devices_and_binds(cluster: LocalCluster, namespace:
     res = client.ResourceV1Api(api)
     core = client.CoreV1Api(api)
     node = f"proof-{namespace}"
+    # A driver and class of this test's own: slices other tests leave in the shared cluster cannot match.
+    driver = f"{namespace}.proof.topodra.dev"
+    cls = f"gpu.{driver}"
     cluster.add_fake_node(node)
-    _ensure(res.create_device_class, _device_class("gpu.topodra.dev", "gpu"))
-    res.create_resource_slice(_slice(node, 2))
-    res.create_namespaced_resource_claim_template(namespace, _template("two-gpus", 2))
-    res.create_namespaced_resource_claim_template(namespace, _template("three-gpus", 3))
+    res.create_device_class(_device_class(cls, "gpu", driver))
+    res.create_resource_slice(_slice(node, 2, driver))
+    res.create_namespaced_resource_claim_template(namespace, _template("two-gpus", 2, cls))
+    res.create_namespaced_resource_claim_template(namespace, _template("three-gpus", 3, cls))
 
     core.create_namespaced_pod(namespace, _pod("fits", "two-gpus"))
     pod = _wait(lambda: (p := core.read_namespaced_pod("fits", namespace)).spec.node_name and p,
@@ -111,7 +103,7 @@ def test_scheduler_allocates_devices_and_binds(cluster: LocalCluster, namespace:
     claim = res.read_namespaced_resource_claim(claim_name, namespace)
     results = claim.status.allocation.devices.results
     assert sorted(r.device for r in results) == ["gpu-0", "gpu-1"]
-    assert {(r.driver, r.pool) for r in results} == {(DRIVER, node)}
+    assert {(r.driver, r.pool) for r in results} == {(driver, node)}
     assert [r.name for r in claim.status.reserved_for] == ["fits"]
 
     # Negative: nothing left on this node, and no node has three GPUs at all.
@@ -125,5 +117,6 @@ def test_scheduler_allocates_devices_and_binds(cluster: LocalCluster, namespace:
     msg = _wait(unschedulable, what="FailedScheduling event")
     assert "cannot allocate all claims" in msg or "resourceclaim" in msg.lower(), msg
     assert core.read_namespaced_pod("too-big", namespace).spec.node_name is None
-    res.delete_resource_slice(f"{node}-{DRIVER}")
+    res.delete_resource_slice(f"{node}-{driver}")
+    res.delete_device_class(cls)
     cluster.delete_node(node)
