@@ -1,16 +1,139 @@
-"""`topodra extender` sub-command (filled in by the extender issue)."""
+"""`topodra extender`: run the scheduler extender; `topodra extender print-scheduler-config`."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
 from typing import Any
+
+import orjson
+import structlog
+
+from scheduler_plugin.schedconfig import SchedulerSettings, render
 
 
 def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("extender", help="run the scheduler extender")
-    p.set_defaults(handler=lambda _a: _todo())
+    env = os.environ.get
+    p: argparse.ArgumentParser = sub.add_parser(
+        "extender", help="run the scheduler extender (filter and prioritize over HTTP(S))",
+        description="Serve kube-scheduler's extender verbs from a watch-fed cache of nodes, pods and DRA objects.")
+    p.add_argument("--listen", default=env("TOPODRA_EXTENDER_LISTEN", "0.0.0.0"), help="address to listen on")
+    p.add_argument("--port", type=int, default=int(env("TOPODRA_EXTENDER_PORT", "8443")), help="port")
+    p.add_argument("--tls-cert", type=Path, default=None, help="serving certificate (PEM); without it: plain HTTP")
+    p.add_argument("--tls-key", type=Path, default=None, help="private key of --tls-cert")
+    p.add_argument("--client-ca", type=Path, default=None,
+                   help="require client certificates signed by this CA for filter/prioritize")
+    p.add_argument("--config", type=Path, default=None, help="YAML config (levels, weights); see docs/extender.md")
+    p.add_argument("--kubeconfig", default=env("KUBECONFIG"), help="kubeconfig; default in-cluster")
+    p.add_argument("--log-level", default=env("TOPODRA_LOG_LEVEL", "info"))
+    p.set_defaults(handler=run)
+    sp = p.add_subparsers(dest="extender_command", metavar="SUBCOMMAND")
+    pc = sp.add_parser("print-scheduler-config", help="print the KubeSchedulerConfiguration that calls the extender")
+    d = SchedulerSettings()
+    pc.add_argument("--url", default=d.url, help="extender URL prefix (the verbs are appended)")
+    pc.add_argument("--server-name", default="", help="TLS server name (default: the URL's host)")
+    pc.add_argument("--ca-file", default=d.ca_file, help="CA that signed the extender's certificate")
+    pc.add_argument("--cert-file", default="", help="client certificate (extender run with --client-ca)")
+    pc.add_argument("--key-file", default="", help="client key")
+    pc.add_argument("--kubeconfig", dest="sched_kubeconfig", default=d.kubeconfig,
+                    help="kube-scheduler's own kubeconfig (clientConnection.kubeconfig)")
+    pc.add_argument("--weight", type=int, default=d.weight, help="extender weight (score 10 adds 10*weight*10)")
+    pc.add_argument("--http-timeout", default=d.http_timeout, help="httpTimeout (bounds every call)")
+    pc.add_argument("--ignorable", action="store_true", help="fail open: schedule without the extender when down")
+    pc.add_argument("--percentage-of-nodes-to-score", type=int, default=d.percentage_of_nodes_to_score)
+    pc.set_defaults(handler=print_scheduler_config)
 
 
-def _todo() -> int:
-    print("topodra extender: not implemented yet")
-    return 2
+def print_scheduler_config(a: argparse.Namespace) -> int:
+    s = SchedulerSettings(url=a.url, server_name=a.server_name, ca_file=a.ca_file, cert_file=a.cert_file,
+                          key_file=a.key_file, kubeconfig=a.sched_kubeconfig, weight=a.weight,
+                          http_timeout=a.http_timeout, ignorable=a.ignorable,
+                          percentage_of_nodes_to_score=a.percentage_of_nodes_to_score)
+    sys.stdout.write(render(s))
+    return 0
+
+
+def configure_logging(level: str) -> None:
+    lvl = logging.getLevelName(level.upper())
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(serializer=lambda o, **_: orjson.dumps(o, default=str).decode()),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl if isinstance(lvl, int) else logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def run(a: argparse.Namespace) -> int:
+    from driver.kubeapi import ConfigError as KubeConfigError
+    from driver.kubeapi import load_credentials
+    from scheduler_plugin.config import ConfigError, load_config
+
+    configure_logging(a.log_level)
+    log = structlog.get_logger("topodra.extender")
+    if (a.tls_cert is None) != (a.tls_key is None):
+        print("topodra extender: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(a.config)
+        creds = load_credentials(a.kubeconfig)
+    except (ConfigError, KubeConfigError) as e:
+        print(f"topodra extender: {e}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(a, cfg, creds))
+    except OSError as e:
+        log.error("cannot_serve", error=str(e))
+        print(f"topodra extender: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(a: argparse.Namespace, cfg: Any, creds: Any) -> None:
+    from aiohttp import web
+
+    from driver.kubeapi import _ssl_context
+    from scheduler_plugin.cache import Cache
+    from scheduler_plugin.index import Index
+    from scheduler_plugin.metrics import Metrics
+    from scheduler_plugin.server import Extender, server_ssl_context
+
+    log = structlog.get_logger("topodra.extender")
+    index = Index(cfg)
+    metrics = Metrics()
+
+    def token() -> str | None:
+        if creds.token:
+            return str(creds.token)
+        if creds.token_file:
+            return Path(creds.token_file).read_text().strip()
+        return None
+
+    cache = Cache(index, creds.server, metrics, ssl_context=_ssl_context(creds), token=token,
+                  stale_after=cfg.stale_after_seconds)
+    ext = Extender(cfg, index, metrics, cache, require_client_cert=a.client_ca is not None)
+    tls = server_ssl_context(a.tls_cert, a.tls_key, a.client_ca) if a.tls_cert else None
+    runner = web.AppRunner(ext.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, a.listen, a.port, ssl_context=tls, reuse_address=True)
+    await site.start()
+    await cache.start()
+    log.info("serving", listen=a.listen, port=a.port, tls=tls is not None, client_ca=str(a.client_ca or ""),
+             apiserver=creds.server, levels=[lv.name for lv in cfg.levels])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await cache.stop()
+    await runner.cleanup()

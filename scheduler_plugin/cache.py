@@ -1,0 +1,311 @@
+"""List+watch of the objects the extender needs, feeding parsed plain data into the index.
+
+One asyncio task per kind: list (paginated) → replace that kind in the index → watch from the list's
+resourceVersion with bookmarks. A 410 Gone (expired resourceVersion) relists at once; any other error
+backs off exponentially with jitter. While a watch cannot reach the apiserver the cache reports itself
+stale; the extender keeps answering from what it has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+import structlog
+
+from scheduler_plugin.index import Index
+from scheduler_plugin.metrics import Metrics
+from scheduler_plugin.model import (
+    parse_claim,
+    parse_device_class,
+    parse_node,
+    parse_pod,
+    parse_slice,
+    parse_template,
+)
+
+RESOURCE = "/apis/resource.k8s.io/v1"
+PAGE = 500
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    path: str
+    query: Mapping[str, str] = field(default_factory=dict)
+
+
+KINDS: tuple[Kind, ...] = (
+    Kind("deviceclasses", f"{RESOURCE}/deviceclasses"),
+    Kind("nodes", "/api/v1/nodes"),
+    Kind("resourceslices", f"{RESOURCE}/resourceslices"),
+    Kind("resourceclaims", f"{RESOURCE}/resourceclaims"),
+    Kind("resourceclaimtemplates", f"{RESOURCE}/resourceclaimtemplates"),
+    # Only bound, running pods matter (job placement); the rest would only cost memory.
+    Kind("pods", "/api/v1/pods",
+         {"fieldSelector": "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"}),
+)
+
+_PARSERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "nodes": parse_node,
+    "resourceslices": parse_slice,
+    "resourceclaims": parse_claim,
+    "resourceclaimtemplates": parse_template,
+    "deviceclasses": parse_device_class,
+    "pods": parse_pod,
+}
+
+
+def apply_event(index: Index, kind: str, etype: str, obj: Mapping[str, Any]) -> None:
+    """One watch event into the index (pure data in, no I/O)."""
+    meta = obj.get("metadata") or {}
+    if etype == "DELETED":
+        ns, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+        if kind == "nodes":
+            index.delete_node(name)
+        elif kind == "resourceslices":
+            index.delete_slice(name)
+        elif kind == "resourceclaims":
+            index.delete_claim(ns, name)
+        elif kind == "resourceclaimtemplates":
+            index.delete_template(ns, name)
+        elif kind == "deviceclasses":
+            index.delete_class(name)
+        elif kind == "pods":
+            index.delete_pod(str(meta.get("uid") or ""))
+        return
+    parsed = _PARSERS[kind](obj)
+    if kind == "nodes":
+        index.upsert_node(parsed)
+    elif kind == "resourceslices":
+        index.upsert_slice(parsed)
+    elif kind == "resourceclaims":
+        index.upsert_claim(parsed)
+    elif kind == "resourceclaimtemplates":
+        index.upsert_template(parsed)
+    elif kind == "deviceclasses":
+        index.upsert_class(parsed)
+    elif kind == "pods":
+        index.upsert_pod(parsed)
+
+
+class Gone(Exception):
+    """The resourceVersion expired (HTTP 410): relist."""
+
+
+class ApiStatus(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+@dataclass
+class KindState:
+    synced: bool = False
+    connected: bool = False
+    error_since: float | None = None
+    last_error: str = ""
+    resource_version: str = ""
+    relists: int = 0
+
+
+class Backoff:
+    def __init__(self, base: float = 0.2, cap: float = 10.0, rng: random.Random | None = None) -> None:
+        self.base, self.cap, self.n = base, cap, 0
+        self.rng = rng or random.Random()
+
+    def next(self) -> float:
+        d = min(self.cap, self.base * 2.0 ** min(self.n, 30))
+        self.n += 1
+        return d * (0.5 + self.rng.random() / 2)
+
+    def reset(self) -> None:
+        self.n = 0
+
+
+class Cache:
+    def __init__(
+        self,
+        index: Index,
+        server: str,
+        metrics: Metrics,
+        ssl_context: ssl.SSLContext | None = None,
+        token: Callable[[], str | None] = lambda: None,
+        kinds: tuple[Kind, ...] = KINDS,
+        stale_after: float = 2.0,
+        watch_timeout: int = 300,
+    ) -> None:
+        self.index = index
+        self.server = server.rstrip("/")
+        self.metrics = metrics
+        self.ssl_context = ssl_context
+        self.token = token
+        self.kinds = kinds
+        self.stale_after = stale_after
+        self.watch_timeout = watch_timeout
+        self.states: dict[str, KindState] = {k.name: KindState() for k in kinds}
+        self.log = structlog.get_logger("topodra.extender.cache")
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._rng = random.Random()
+
+    # ---- status --------------------------------------------------------------------------------
+    @property
+    def synced(self) -> bool:
+        return all(s.synced for s in self.states.values())
+
+    def stale_kinds(self, now: float | None = None) -> list[str]:
+        now = time.monotonic() if now is None else now
+        return [k for k, s in self.states.items()
+                if s.error_since is not None and now - s.error_since >= self.stale_after]
+
+    def update_gauges(self) -> None:
+        self.metrics.cache_synced.set(1 if self.synced else 0)
+        self.metrics.cache_stale.set(1 if self.stale_kinds() else 0)
+        for k, n in self.index.sizes().items():
+            self.metrics.cache_objects.labels(k).set(n)
+        self.metrics.memo_entries.set(sum(len(t) for t in self.index.memo.values()))
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(ssl=self.ssl_context if self.ssl_context is not None else False,
+                                         limit=len(self.kinds) * 2)
+        self._session = aiohttp.ClientSession(connector=connector, json_serialize=lambda o: orjson.dumps(o).decode())
+        self._tasks = [asyncio.create_task(self._run(k), name=f"watch-{k.name}") for k in self.kinds]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self._session is not None:
+            await self._session.close()
+
+    def _headers(self) -> dict[str, str]:
+        h = {"Accept": "application/json", "User-Agent": "topodra-extender"}
+        tok = self.token()
+        if tok:
+            h["Authorization"] = f"Bearer {tok}"
+        return h
+
+    async def _run(self, kind: Kind) -> None:
+        st = self.states[kind.name]
+        backoff = Backoff(rng=self._rng)
+        while True:
+            try:
+                if not st.resource_version:
+                    await self._list(kind, st)
+                await self._watch(kind, st)
+                backoff.reset()
+            except asyncio.CancelledError:
+                raise
+            except Gone:
+                st.resource_version = ""
+                st.relists += 1
+                self.metrics.watch_restarts.labels(kind.name, "relist").inc()
+                self.log.info("watch_expired_relist", kind=kind.name)
+            except (TimeoutError, aiohttp.ClientError, ApiStatus, OSError, ValueError) as e:
+                st.connected = False
+                if st.error_since is None:
+                    st.error_since = time.monotonic()
+                st.last_error = f"{e.__class__.__name__}: {e}"
+                self.metrics.watch_restarts.labels(kind.name, "error").inc()
+                delay = backoff.next()
+                self.log.warning("watch_error", kind=kind.name, error=st.last_error, retry_in=round(delay, 2))
+                self.update_gauges()
+                await asyncio.sleep(delay)
+
+    def _contact(self, st: KindState) -> None:
+        st.connected = True
+        if st.error_since is not None:
+            self.log.info("watch_recovered", down_seconds=round(time.monotonic() - st.error_since, 2))
+        st.error_since = None
+        st.last_error = ""
+
+    async def _list(self, kind: Kind, st: KindState) -> None:
+        assert self._session is not None
+        items: list[Any] = []
+        cont = ""
+        rv = ""
+        parse = _PARSERS[kind.name]
+        while True:
+            q = {**kind.query, "limit": str(PAGE)}
+            if cont:
+                q["continue"] = cont
+            async with self._session.get(self.server + kind.path, params=q, headers=self._headers(),
+                                         timeout=aiohttp.ClientTimeout(total=60)) as r:
+                body = await r.read()
+                if r.status == 410:
+                    cont = ""  # continue token expired: start the list again
+                    items = []
+                    continue
+                if r.status >= 300:
+                    raise ApiStatus(r.status, body[:300].decode(errors="replace"))
+            doc = orjson.loads(body)
+            items.extend(parse(o) for o in doc.get("items") or [])
+            meta = doc.get("metadata") or {}
+            rv = str(meta.get("resourceVersion") or "")
+            cont = str(meta.get("continue") or "")
+            if not cont:
+                break
+            await asyncio.sleep(0)  # let requests in between pages
+        self.index.replace(kind.name, items)
+        st.resource_version = rv
+        st.synced = True
+        self._contact(st)
+        self.log.info("listed", kind=kind.name, count=len(items), resource_version=rv)
+        self.update_gauges()
+
+    async def _watch(self, kind: Kind, st: KindState) -> None:
+        assert self._session is not None
+        timeout = self.watch_timeout + self._rng.randint(0, self.watch_timeout // 5)
+        q = {**kind.query, "watch": "1", "allowWatchBookmarks": "true", "resourceVersion": st.resource_version,
+             "timeoutSeconds": str(timeout)}
+        async with self._session.get(self.server + kind.path, params=q, headers=self._headers(),
+                                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=5,
+                                                                   sock_read=timeout + 30)) as r:
+            if r.status == 410:
+                raise Gone()
+            if r.status >= 300:
+                raise ApiStatus(r.status, (await r.read())[:300].decode(errors="replace"))
+            self._contact(st)
+            self.update_gauges()
+            buf = b""
+            async for chunk in r.content.iter_any():
+                buf += chunk
+                while True:
+                    nl = buf.find(b"\n")
+                    if nl < 0:
+                        break
+                    line, buf = buf[:nl], buf[nl + 1:]
+                    if line.strip():
+                        self._event(kind, st, orjson.loads(line))
+
+    def _event(self, kind: Kind, st: KindState, ev: Mapping[str, Any]) -> None:
+        etype = ev.get("type")
+        obj = ev.get("object") or {}
+        if etype == "ERROR":
+            code = obj.get("code")
+            if code == 410 or obj.get("reason") in ("Expired", "Gone"):
+                raise Gone()
+            raise ApiStatus(int(code or 0), str(obj.get("message") or obj))
+        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        if etype == "BOOKMARK":
+            if rv:
+                st.resource_version = str(rv)
+            return
+        if etype not in ("ADDED", "MODIFIED", "DELETED"):
+            return
+        apply_event(self.index, kind.name, etype, obj)
+        self.metrics.watch_events.labels(kind.name).inc()
+        if rv:
+            st.resource_version = str(rv)

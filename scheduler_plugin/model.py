@@ -1,0 +1,290 @@
+"""Plain data parsed from API objects: only the fields the extender uses, in compact frozen form.
+
+Parsing is lenient (missing or oddly typed fields become empty values) because these objects come from
+the apiserver, which already validated them; the request body is validated separately in `wire.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+AttrValue = str | int | bool
+Json = dict[str, Any]
+DeviceKey = tuple[str, str, str]  # (driver, pool, device)
+
+# Taint effects that keep the allocator away from a device unless the request tolerates them.
+BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+
+
+def _d(v: Any) -> Mapping[str, Any]:
+    return v if isinstance(v, Mapping) else {}
+
+
+def _l(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else []
+
+
+def _s(v: Any) -> str:
+    return v if isinstance(v, str) else ""
+
+
+def qualify(driver: str, name: str) -> str:
+    """Attribute names without a domain belong to the driver's domain (DRA rule)."""
+    return name if "/" in name else f"{driver}/{name}"
+
+
+def attr_value(v: Mapping[str, Any]) -> AttrValue | None:
+    for key in ("string", "int", "bool", "version"):
+        if key in v:
+            x = v[key]
+            if isinstance(x, str | int | bool):
+                return x
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    driver: str
+    pool: str
+    name: str
+    attrs: tuple[tuple[str, AttrValue], ...]  # qualified name -> value, sorted
+    tainted: bool
+
+    @property
+    def key(self) -> DeviceKey:
+        return (self.driver, self.pool, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    name: str
+    driver: str
+    pool: str
+    generation: int
+    node: str | None  # None: not bound to one node (nodeSelector / allNodes); the extender ignores those
+    devices: tuple[Device, ...]
+
+
+def parse_slice(obj: Mapping[str, Any]) -> Slice:
+    spec = _d(obj.get("spec"))
+    driver = _s(spec.get("driver"))
+    pool = _d(spec.get("pool"))
+    pool_name = _s(pool.get("name"))
+    devices = []
+    for d in _l(spec.get("devices")):
+        d = _d(d)
+        attrs: dict[str, AttrValue] = {}
+        for k, v in _d(d.get("attributes")).items():
+            val = attr_value(_d(v))
+            if val is not None:
+                attrs[qualify(driver, str(k))] = val
+        tainted = any(_d(t).get("effect") in BLOCKING_EFFECTS for t in _l(d.get("taints")))
+        devices.append(Device(driver, pool_name, _s(d.get("name")), tuple(sorted(attrs.items())), tainted))
+    gen = pool.get("generation")
+    return Slice(
+        name=_s(_d(obj.get("metadata")).get("name")),
+        driver=driver,
+        pool=pool_name,
+        generation=gen if isinstance(gen, int) else 0,
+        node=_s(spec.get("nodeName")) or None,
+        devices=tuple(devices),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One device request, or one alternative of a `firstAvailable` list."""
+
+    name: str
+    class_name: str
+    selectors: tuple[str, ...]  # CEL expressions
+    all: bool  # allocationMode All
+    count: int
+    tolerates: bool  # has tolerations: the extender cannot judge tainted devices then
+    alternatives: tuple[Request, ...] = ()  # firstAvailable subrequests (then class_name is empty)
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    requests: tuple[str, ...]  # empty = every request of the claim
+    match_attribute: str | None
+    distinct_attribute: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimSpec:
+    requests: tuple[Request, ...]
+    constraints: tuple[Constraint, ...]
+
+
+def _selectors(v: Any) -> tuple[str, ...]:
+    return tuple(_s(_d(_d(s).get("cel")).get("expression")) for s in _l(v) if _d(_d(s).get("cel")).get("expression"))
+
+
+def _request(name: str, r: Mapping[str, Any]) -> Request:
+    mode = _s(r.get("allocationMode")) or "ExactCount"
+    count = r.get("count")
+    return Request(
+        name=name,
+        class_name=_s(r.get("deviceClassName")),
+        selectors=_selectors(r.get("selectors")),
+        all=mode == "All",
+        count=count if isinstance(count, int) and count > 0 else 1,
+        tolerates=bool(_l(r.get("tolerations"))),
+    )
+
+
+def parse_claim_spec(spec: Mapping[str, Any]) -> ClaimSpec:
+    """`ResourceClaimSpec` (resource.k8s.io/v1): `devices.requests[]` with `exactly` or `firstAvailable`."""
+    devices = _d(spec.get("devices"))
+    reqs = []
+    for r in _l(devices.get("requests")):
+        r = _d(r)
+        name = _s(r.get("name"))
+        if r.get("firstAvailable"):
+            alts = tuple(_request(f"{name}/{_s(_d(s).get('name'))}", _d(s)) for s in _l(r.get("firstAvailable")))
+            reqs.append(Request(name, "", (), False, 0, False, alts))
+        else:
+            reqs.append(_request(name, _d(r.get("exactly"))))
+    cons = []
+    for c in _l(devices.get("constraints")):
+        c = _d(c)
+        cons.append(
+            Constraint(
+                requests=tuple(_s(x) for x in _l(c.get("requests"))),
+                match_attribute=_s(c.get("matchAttribute")) or None,
+                distinct_attribute=_s(c.get("distinctAttribute")) or None,
+            )
+        )
+    return ClaimSpec(tuple(reqs), tuple(cons))
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    namespace: str
+    name: str
+    uid: str
+    spec: ClaimSpec
+    allocated: tuple[DeviceKey, ...]
+    is_allocated: bool
+    reserved_for: tuple[str, ...]  # pod UIDs
+
+
+def parse_claim(obj: Mapping[str, Any]) -> Claim:
+    meta = _d(obj.get("metadata"))
+    status = _d(obj.get("status"))
+    alloc = _d(status.get("allocation"))
+    results = _l(_d(alloc.get("devices")).get("results"))
+    keys = tuple(
+        (_s(_d(r).get("driver")), _s(_d(r).get("pool")), _s(_d(r).get("device"))) for r in results
+    )
+    return Claim(
+        namespace=_s(meta.get("namespace")),
+        name=_s(meta.get("name")),
+        uid=_s(meta.get("uid")),
+        spec=parse_claim_spec(_d(obj.get("spec"))),
+        allocated=keys,
+        is_allocated=bool(alloc),
+        reserved_for=tuple(_s(_d(x).get("uid")) for x in _l(status.get("reservedFor"))),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimTemplate:
+    namespace: str
+    name: str
+    spec: ClaimSpec
+
+
+def parse_template(obj: Mapping[str, Any]) -> ClaimTemplate:
+    meta = _d(obj.get("metadata"))
+    return ClaimTemplate(_s(meta.get("namespace")), _s(meta.get("name")),
+                         parse_claim_spec(_d(_d(obj.get("spec")).get("spec"))))
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceClass:
+    name: str
+    selectors: tuple[str, ...]
+
+
+def parse_device_class(obj: Mapping[str, Any]) -> DeviceClass:
+    return DeviceClass(_s(_d(obj.get("metadata")).get("name")), _selectors(_d(obj.get("spec")).get("selectors")))
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    name: str
+    labels: tuple[tuple[str, str], ...]
+
+    def label(self, key: str) -> str | None:
+        for k, v in self.labels:
+            if k == key:
+                return v
+        return None
+
+
+def parse_node(obj: Mapping[str, Any]) -> Node:
+    meta = _d(obj.get("metadata"))
+    labels = tuple(sorted((str(k), str(v)) for k, v in _d(meta.get("labels")).items()))
+    return Node(_s(meta.get("name")), labels)
+
+
+@dataclass(frozen=True, slots=True)
+class PodClaimRef:
+    name: str
+    claim_name: str | None
+    template_name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    namespace: str
+    name: str
+    uid: str
+    node_name: str
+    terminal: bool
+    labels: tuple[tuple[str, str], ...]
+    annotations: tuple[tuple[str, str], ...]
+    group: str  # spec.schedulingGroup.podGroupName (1.36+), "" if none
+    claims: tuple[PodClaimRef, ...]
+    claim_statuses: tuple[tuple[str, str], ...]  # pod claim name -> generated ResourceClaim name
+
+    def label(self, key: str) -> str | None:
+        return dict(self.labels).get(key)
+
+    def annotation(self, key: str) -> str | None:
+        return dict(self.annotations).get(key)
+
+
+def parse_pod(obj: Mapping[str, Any]) -> Pod:
+    meta = _d(obj.get("metadata"))
+    spec = _d(obj.get("spec"))
+    status = _d(obj.get("status"))
+    claims = tuple(
+        PodClaimRef(
+            _s(_d(c).get("name")),
+            _s(_d(c).get("resourceClaimName")) or None,
+            _s(_d(c).get("resourceClaimTemplateName")) or None,
+        )
+        for c in _l(spec.get("resourceClaims"))
+    )
+    statuses = tuple(
+        (_s(_d(s).get("name")), _s(_d(s).get("resourceClaimName")))
+        for s in _l(status.get("resourceClaimStatuses"))
+        if _d(s).get("resourceClaimName")
+    )
+    return Pod(
+        namespace=_s(meta.get("namespace")),
+        name=_s(meta.get("name")),
+        uid=_s(meta.get("uid")),
+        node_name=_s(spec.get("nodeName")),
+        terminal=_s(status.get("phase")) in ("Succeeded", "Failed"),
+        labels=tuple(sorted((str(k), str(v)) for k, v in _d(meta.get("labels")).items())),
+        annotations=tuple(sorted((str(k), str(v)) for k, v in _d(meta.get("annotations")).items())),
+        group=_s(_d(spec.get("schedulingGroup")).get("podGroupName")),
+        claims=claims,
+        claim_statuses=statuses,
+    )

@@ -1,0 +1,90 @@
+"""Prioritize verb: 0..10 per node for alignment quality and topology packing.
+
+Alignment: the share of the pod's GPU-NIC pairs that can sit on one PCIe root (weighted higher) and
+on one NUMA node. Packing, per configured level (zone, block, rack, clique by default): a domain that
+already holds pods of the same job scores high; otherwise fuller domains score higher than emptier
+ones, so big free domains stay whole for big jobs.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from scheduler_plugin.claims import Requirements
+from scheduler_plugin.config import ExtenderConfig
+from scheduler_plugin.fit import Fit
+from scheduler_plugin.index import Index
+from scheduler_plugin.model import Pod
+from scheduler_plugin.wire import MAX_PRIORITY, MIN_PRIORITY
+
+
+def alignment_quality(fit: Fit, cfg: ExtenderConfig) -> float | None:
+    """0..1, or None when the pod has no GPU-NIC pairs (alignment does not apply)."""
+    k = fit.pairs_needed
+    w = cfg.weights
+    if k <= 0 or w.pcie + w.numa <= 0:
+        return None
+    return (w.pcie * fit.pairs_pcie / k + w.numa * fit.pairs_numa / k) / (w.pcie + w.numa)
+
+
+def packing_quality(domains: Sequence[str | None], job: Sequence[Counter[str]], free: Sequence[Counter[str]],
+                    max_free: Sequence[int], cfg: ExtenderConfig) -> float:
+    w = cfg.weights
+    total_w = sum(lv.weight for lv in cfg.levels)
+    inner = w.same_job + w.keep_whole
+    if total_w <= 0 or inner <= 0:
+        return 0.0
+    acc = 0.0
+    for i, lv in enumerate(cfg.levels):
+        d = domains[i] if i < len(domains) else None
+        if d is None:
+            continue
+        same = 1.0 if job[i].get(d, 0) > 0 else 0.0
+        whole = 1.0 - free[i].get(d, 0) / max_free[i] if max_free[i] > 0 else 0.0
+        acc += lv.weight * (w.same_job * same + w.keep_whole * max(0.0, whole)) / inner
+    return acc / total_w
+
+
+def combine(align: float | None, pack: float, cfg: ExtenderConfig) -> int:
+    wa = cfg.weights.alignment if align is not None else 0.0
+    wp = cfg.weights.packing
+    if wa + wp <= 0:
+        return MIN_PRIORITY
+    total = (wa * (align or 0.0) + wp * pack) / (wa + wp)
+    return max(MIN_PRIORITY, min(MAX_PRIORITY, round(total * MAX_PRIORITY)))
+
+
+def run_prioritize(index: Index, cfg: ExtenderConfig, pod: Pod, req: Requirements | None, names: tuple[str, ...],
+                   now: float) -> list[tuple[str, int]]:
+    index.refresh(now)
+    job_key = index.job_of(pod)
+    job = index.job_domains(job_key, exclude_uid=pod.uid)
+    free = index.domain_free
+    max_free = [max(c.values(), default=0) for c in free]
+    table, shared = (index.fits(req) if req is not None and not req.empty else ({}, True))
+    use_align = req is not None and not req.empty and req.align != "none"
+    cache: dict[tuple[int, tuple[str | None, ...]], int] = {}
+    out: list[tuple[str, int]] = []
+    nodes = index.nodes
+    for name in names:
+        st = nodes.get(name)
+        if st is None:
+            out.append((name, MIN_PRIORITY))
+            continue
+        key = (st.sig if shared else -2 - len(out), st.domains)
+        s = cache.get(key)
+        if s is None:
+            align = None
+            if use_align and req is not None:
+                f = index.fit(req, st, table, shared)
+                align = alignment_quality(f, cfg) if f.ok else 0.0
+            s = cache[key] = combine(align, packing_quality(st.domains, job, free, max_free, cfg), cfg)
+        out.append((name, s))
+    if job_key is not None and out:
+        top = max(s for _, s in out)
+        best = [n for n, s in out if s == top]
+        # Only a guess kube-scheduler is bound to follow at domain level is worth remembering.
+        if len({nodes[n].domains for n in best if n in nodes}) == 1:
+            index.hint(pod, best[0], now)
+    return out
