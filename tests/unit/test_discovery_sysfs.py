@@ -89,3 +89,9 @@ def test_smoke_real_sys() -> None:
         assert n.pci_bus_id and Path("/sys/bus/pci/devices", n.pci_bus_id).exists()
         assert n.pcie_root.startswith("pci")
         assert Path("/sys/class/net", n.if_name).exists()
+        # the same answers as reading /sys by hand
+        resolved = Path("/sys/bus/pci/devices", n.pci_bus_id).resolve()
+        assert resolved.relative_to(Path("/sys/devices").resolve()).parts[0] == n.pcie_root
+        assert n.mac == Path("/sys/class/net", n.if_name, "address").read_text().strip().lower()
+        assert n.mtu == int(Path("/sys/class/net", n.if_name, "mtu").read_text())
+        assert n.vendor_id == f"0x{int(Path(resolved, 'vendor').read_text(), 16):04x}"
