@@ -30,10 +30,16 @@ def register(sub: Any) -> None:
     st.add_argument("--dir", type=Path, default=None)
     st.set_defaults(handler=_status)
 
-    an = lsub.add_parser("add-node", help="add a fake Ready node (no kubelet)")
-    an.add_argument("name")
+    an = lsub.add_parser("add-node", help="add a fake Ready node (no kubelet), or with --real a real one")
+    an.add_argument("name", nargs="?", help="node name (with --real: default this machine's hostname)")
     an.add_argument("--dir", type=Path, default=None)
     an.add_argument("--label", action="append", default=[], metavar="K=V")
+    an.add_argument("--real", action="store_true",
+                    help="start a real kubelet + containerd (root; hostNetwork pods only; see docs/e2e.md)")
+    an.add_argument("--topology", type=Path, default=None,
+                    help="with --real: also run the topodra driver on this topology file (file backend)")
+    an.add_argument("--driver-arg", action="append", default=[], metavar="ARG",
+                    help="with --real: extra argument for `topodra driver` (repeatable)")
     an.set_defaults(handler=_add_node)
 
 
@@ -72,6 +78,10 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _add_node(args: argparse.Namespace) -> int:
+    if args.real:
+        return _add_real_node(args)
+    if not args.name:
+        return _fail(ClusterError("add-node needs a node name (or --real)"))
     try:
         c = LocalCluster.attach(args.dir)
         labels = {}
@@ -84,4 +94,20 @@ def _add_node(args: argparse.Namespace) -> int:
     except ClusterError as e:
         return _fail(e)
     print(f"node/{args.name} added")
+    return 0
+
+
+def _add_real_node(args: argparse.Namespace) -> int:
+    from topodra_cli.localcluster.realnode import add_real_node
+
+    if args.label:
+        return _fail(ClusterError("--label is for fake nodes; a real node's labels come from its kubelet"))
+    try:
+        c = LocalCluster.attach(args.dir)
+        node = add_real_node(c, args.name, topology=args.topology, driver_args=args.driver_arg)
+    except ClusterError as e:
+        return _fail(e)
+    print(f"local-cluster: real node {node.name} Ready (containerd {node.containerd_socket}, kubelet root "
+          f"{node.kubelet_root}, logs in {node.dir / 'logs'}); `topodra local-cluster down` stops it", file=sys.stderr)
+    print(f"node/{node.name} added")
     return 0

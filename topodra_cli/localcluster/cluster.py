@@ -35,6 +35,7 @@ from topodra_cli.localcluster.processes import (
     free_port,
     pid_alive,
 )
+from topodra_cli.localcluster.realnode import stop_real_nodes
 
 SERVICE_CIDR = "10.0.0.0/24"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -156,11 +157,13 @@ class LocalCluster:
         self._state_file().unlink(missing_ok=True)
 
     def _stop_all(self) -> None:
+        stop_real_nodes(self.dir)  # kubelets, containers and containerd first; they unmount and free cgroups
         names = self.procs.names()
         for name in [n for n in names if n not in STOP_ORDER] + [n for n in STOP_ORDER if n in names]:
             self.procs.stop(name)
 
     def _wipe(self) -> None:
+        stop_real_nodes(self.dir)  # never delete a dir that a real node still mounts into
         if self.dir.exists():
             for child in self.dir.iterdir():
                 if child.name in ("pids", "logs"):
