@@ -8,6 +8,7 @@ delete, update and create, and at which pool generation. Objects are plain JSON-
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
@@ -59,6 +60,7 @@ def _b(v: bool) -> Json:
     return {"bool": v}
 
 
+@functools.lru_cache(maxsize=4096)
 def semver(v: str) -> str | None:
     """Dotted numeric version -> strict semver `X.Y.Z` (no leading zeros), as NVIDIA's driver publishes it.
 
@@ -398,6 +400,7 @@ def validate_slice(obj: Mapping[str, Any]) -> list[str]:
     return errs
 
 
+@functools.lru_cache(maxsize=4096)  # a pool has a few dozen distinct names; fleets check them 10^5 times
 def _qualified(q: str) -> bool:
     domain, _, ident = q.rpartition("/")
     if domain and (len(domain) > 63 or not _DNS_SUBDOMAIN.match(domain)):
