@@ -67,7 +67,7 @@ class ExtenderConfig:
     )
     job_annotations: tuple[str, ...] = ("scheduling.k8s.io/group-name", "scheduling.volcano.sh/group-name")
     decision_ttl_seconds: float = 30.0  # how long our own unconfirmed decisions count
-    stale_after_seconds: float = 30.0  # a watch down this long marks the cache stale
+    stale_after_seconds: float = 2.0  # a watch down this long marks the cache stale
 
 
 DEFAULT_LEVELS: tuple[Level, ...] = (

@@ -46,13 +46,28 @@ def packing_quality(domains: Sequence[str | None], job: Sequence[Counter[str]], 
     return acc / total_w
 
 
-def combine(align: float | None, pack: float, cfg: ExtenderConfig) -> int:
+def combine(align: float | None, pack: float, cfg: ExtenderConfig) -> float:
+    """Raw quality 0..1."""
     wa = cfg.weights.alignment if align is not None else 0.0
     wp = cfg.weights.packing
     if wa + wp <= 0:
-        return MIN_PRIORITY
-    total = (wa * (align or 0.0) + wp * pack) / (wa + wp)
-    return max(MIN_PRIORITY, min(MAX_PRIORITY, round(total * MAX_PRIORITY)))
+        return 0.0
+    return (wa * (align or 0.0) + wp * pack) / (wa + wp)
+
+
+def normalize(raw: Sequence[float]) -> list[int]:
+    """Spread the candidates over 0..10 (best 10, worst 0; all equal: 0).
+
+    Only 11 values exist on the wire, and what matters to kube-scheduler is the order among the
+    nodes it asks about, so small but real differences (a slightly fuller rack) must not round away.
+    """
+    if not raw:
+        return []
+    lo, hi = min(raw), max(raw)
+    if hi - lo < 1e-9:
+        return [MIN_PRIORITY] * len(raw)
+    span = MAX_PRIORITY - MIN_PRIORITY
+    return [MIN_PRIORITY + round(span * (r - lo) / (hi - lo)) for r in raw]
 
 
 def run_prioritize(index: Index, cfg: ExtenderConfig, pod: Pod, req: Requirements | None, names: tuple[str, ...],
@@ -64,15 +79,15 @@ def run_prioritize(index: Index, cfg: ExtenderConfig, pod: Pod, req: Requirement
     max_free = [max(c.values(), default=0) for c in free]
     table, shared = (index.fits(req) if req is not None and not req.empty else ({}, True))
     use_align = req is not None and not req.empty and req.align != "none"
-    cache: dict[tuple[int, tuple[str | None, ...]], int] = {}
-    out: list[tuple[str, int]] = []
+    cache: dict[tuple[int, tuple[str | None, ...]], float] = {}
+    raw: list[float] = []
     nodes = index.nodes
     for name in names:
         st = nodes.get(name)
         if st is None:
-            out.append((name, MIN_PRIORITY))
+            raw.append(0.0)
             continue
-        key = (st.sig if shared else -2 - len(out), st.domains)
+        key = (st.sig if shared else -2 - len(raw), st.domains)
         s = cache.get(key)
         if s is None:
             align = None
@@ -80,7 +95,8 @@ def run_prioritize(index: Index, cfg: ExtenderConfig, pod: Pod, req: Requirement
                 f = index.fit(req, st, table, shared)
                 align = alignment_quality(f, cfg) if f.ok else 0.0
             s = cache[key] = combine(align, packing_quality(st.domains, job, free, max_free, cfg), cfg)
-        out.append((name, s))
+        raw.append(s)
+    out = list(zip(names, normalize(raw), strict=True))
     if job_key is not None and out:
         top = max(s for _, s in out)
         best = [n for n, s in out if s == top]

@@ -1,0 +1,142 @@
+"""HTTP behaviour: wire keys and casing, 400 on bad input (never 500), health, readiness, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scheduler_plugin.cache import apply_event
+from scheduler_plugin.config import default_config
+from scheduler_plugin.metrics import Metrics
+from scheduler_plugin.server import Extender
+from tests.unit.test_extender_support import STD, add_node, dev, make_index, pod, template
+
+ALIGNED = [dev("gpu-0", "gpu", "pci0000:80", 1), dev("nic-0", "nic", "pci0000:80", 1)]
+UNALIGNED = [dev("gpu-0", "gpu", "pci0000:00", 0), dev("nic-0", "nic", "pci0000:20", 1)]
+
+
+def _extender() -> Extender:
+    idx = make_index()
+    add_node(idx, "a", ALIGNED, **{"topodra.dev/rack": "r1"})
+    add_node(idx, "b", UNALIGNED, **{"topodra.dev/rack": "r2"})
+    apply_event(idx, "resourceclaimtemplates", "ADDED", template("ml", "pair", match=f"{STD}/pcieRoot"))
+    return Extender(default_config(), idx, Metrics())
+
+
+def _with_client(fn: Callable[[TestClient[Any, Any]], Awaitable[None]], ext: Extender | None = None) -> None:
+    async def main() -> None:
+        async with TestClient(TestServer((ext or _extender()).app())) as c:
+            await fn(c)
+
+    asyncio.run(main())
+
+
+def _args(p: dict[str, Any], names: list[str]) -> bytes:
+    return orjson.dumps({"Pod": p, "Nodes": None, "NodeNames": names})
+
+
+def test_filter_wire_format() -> None:
+    async def t(c: TestClient[Any, Any]) -> None:
+        r = await c.post("/v1/filter", data=_args(pod("p", templates={"acc": "pair"}), ["a", "b"]))
+        assert r.status == 200 and r.content_type == "application/json"
+        body = orjson.loads(await r.read())
+        assert list(body) == ["Nodes", "NodeNames", "FailedNodes", "FailedAndUnresolvableNodes", "Error"]
+        assert body["NodeNames"] == ["a"] and body["Nodes"] is None and body["Error"] == ""
+        assert body["FailedAndUnresolvableNodes"] == {"b": "topodra: no PCIe root with a free GPU and a free NIC"}
+
+    _with_client(t)
+
+
+def test_prioritize_wire_format_prefers_aligned_node() -> None:
+    async def t(c: TestClient[Any, Any]) -> None:
+        # Without the constraint both nodes fit; the aligned one must score higher.
+        ext_pod = pod("p", templates={"acc": "loose"})
+        r = await c.post("/prioritize", data=_args(ext_pod, ["a", "b"]))
+        assert r.status == 200
+        body = orjson.loads(await r.read())
+        assert [set(x) for x in body] == [{"Host", "Score"}] * 2
+        scores = {x["Host"]: x["Score"] for x in body}
+        assert all(0 <= s <= 10 for s in scores.values())
+        assert scores["a"] > scores["b"]
+
+    ext = _extender()
+    apply_event(ext.index, "resourceclaimtemplates", "ADDED", template("ml", "loose"))
+    _with_client(t, ext)
+
+
+def test_bad_requests_get_400_with_reason() -> None:
+    cases = [
+        (b"{not json", "not JSON"),
+        (b"[]", "JSON object"),
+        (b"{\"Pod\": 123456789012345678901234567890}", "Pod must be an object"),
+        (b"{}", "missing field Pod"),
+        (orjson.dumps({"Pod": {"metadata": {"name": "x"}}, "NodeNames": []}), "unknown pod"),
+        (orjson.dumps({"Pod": pod("p"), "NodeNames": None, "Nodes": None}), "NodeNames"),
+        (orjson.dumps({"Pod": pod("p"), "NodeNames": [1, 2]}), "list of strings"),
+    ]
+
+    async def t(c: TestClient[Any, Any]) -> None:
+        for body, reason in cases:
+            for verb in ("filter", "prioritize"):
+                r = await c.post(f"/{verb}", data=body)
+                assert r.status == 400, (body, await r.text())
+                assert reason in orjson.loads(await r.read())["Error"]
+
+    _with_client(t)
+
+
+def test_lowercase_keys_and_full_node_lists_are_accepted() -> None:
+    async def t(c: TestClient[Any, Any]) -> None:
+        body = {"pod": pod("p", templates={"acc": "pair"}), "nodes": {"items": [{"metadata": {"name": "a"}}]}}
+        r = await c.post("/filter", data=orjson.dumps(body))
+        assert orjson.loads(await r.read())["NodeNames"] == ["a"]
+
+    _with_client(t)
+
+
+def test_health_ready_metrics() -> None:
+    async def t(c: TestClient[Any, Any]) -> None:
+        assert (await c.get("/healthz")).status == 200
+        assert (await c.get("/readyz")).status == 200
+        await c.post("/filter", data=_args(pod("p", templates={"acc": "pair"}), ["a", "b"]))
+        text = await (await c.get("/metrics")).text()
+        assert 'topodra_extender_request_duration_seconds_bucket{le="0.005",verb="filter"}' in text
+        assert 'topodra_extender_node_decisions_total{outcome="unresolvable"} 1.0' in text
+        assert 'topodra_extender_cache_objects{kind="nodes"} 2.0' in text
+
+    _with_client(t)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+_pod_like = st.fixed_dictionaries({
+    "metadata": st.fixed_dictionaries({"name": st.text(min_size=1, max_size=5), "namespace": st.just("ml")},
+                                      optional={"uid": _json, "labels": _json, "annotations": _json}),
+}, optional={"spec": _json, "status": _json})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=st.one_of(
+    st.binary(max_size=64),
+    _json.map(orjson.dumps),
+    st.fixed_dictionaries({"Pod": _json | _pod_like}, optional={"NodeNames": _json, "Nodes": _json}).map(orjson.dumps),
+))
+def test_garbage_never_500(body: bytes) -> None:
+    ext = _extender()
+
+    async def t(c: TestClient[Any, Any]) -> None:
+        for verb in ("filter", "prioritize"):
+            r = await c.post(f"/v1/{verb}", data=body)
+            assert r.status in (200, 400), (r.status, await r.text())
+            orjson.loads(await r.read())
+
+    _with_client(t, ext)
