@@ -142,13 +142,19 @@ class CdiStore:
     def _tmp(self, claim_uid: str) -> Path:
         return self.dir / f".{self.driver}-{check_uid(claim_uid)}.json.tmp"
 
-    def write(self, claim_uid: str, spec: Spec) -> Path:
-        """Write the claim's spec atomically (temp file, fsync, rename, fsync dir)."""
+    def write(self, claim_uid: str, spec: Spec, durable: bool = False) -> Path:
+        """Write the claim's spec atomically (temp file, rename; fsync only when `durable`).
+
+        Atomic is what matters: a runtime must never read half a spec. Durability does not: a process
+        crash keeps the page cache, and after a power loss the node reboots, /var/run/cdi (tmpfs) is
+        empty, and the driver removes its stale specs at start (new boot id) and writes them again on
+        the kubelet's next prepare.
+        """
         if not spec.devices:
             raise CdiError("a CDI spec needs at least one device")
         data = orjson.dumps(spec.to_json(), option=orjson.OPT_INDENT_2) + b"\n"
         self.dir.mkdir(parents=True, exist_ok=True)
-        return atomic_write(self.path(claim_uid), data, tmp=self._tmp(claim_uid))
+        return atomic_write(self.path(claim_uid), data, tmp=self._tmp(claim_uid), durable=durable)
 
     def read(self, claim_uid: str) -> Json | None:
         try:
@@ -166,8 +172,6 @@ class CdiStore:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
                 removed = True
-        if removed:
-            fsync_dir(self.dir)
         return removed
 
     def claim_uids(self) -> Iterator[str]:
@@ -191,7 +195,8 @@ class CdiStore:
         return out
 
 
-def atomic_write(path: Path, data: bytes, tmp: Path | None = None, mode: int = 0o644) -> Path:
+def atomic_write(path: Path, data: bytes, tmp: Path | None = None, mode: int = 0o644, durable: bool = True) -> Path:
+    """Temp file in the same directory, then rename; with `durable`, fsync the file and the directory."""
     tmp = tmp or path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
@@ -199,11 +204,13 @@ def atomic_write(path: Path, data: bytes, tmp: Path | None = None, mode: int = 0
         while view:
             n = os.write(fd, view)
             view = view[n:]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
     return path
 
 

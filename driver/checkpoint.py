@@ -205,11 +205,13 @@ class Checkpoint:
         with self._lock:
             return list(self._entries.values())
 
-    def put(self, entry: ClaimEntry) -> None:
+    def put(self, entry: ClaimEntry, durable: bool = True) -> None:
+        """Record `entry`. Not `durable` is for PrepareStarted markers: a process crash keeps them (page
+        cache), and a power loss that drops one is a reboot, after which stale specs are removed anyway."""
         with self._lock:
             new = dict(self._entries)
             new[entry.uid] = entry
-            self._persist(new)
+            self._persist(new, durable)
 
     def put_many(self, entries: Iterable[ClaimEntry]) -> None:
         with self._lock:
@@ -231,7 +233,7 @@ class Checkpoint:
         with self._lock:
             self._persist(dict(self._entries))
 
-    def _persist(self, new: dict[str, ClaimEntry]) -> None:
+    def _persist(self, new: dict[str, ClaimEntry], durable: bool = True) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, encode(self.boot_id, new.values()), mode=0o600)
+        atomic_write(self.path, encode(self.boot_id, new.values()), mode=0o600, durable=durable)
         self._entries = new

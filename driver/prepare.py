@@ -391,7 +391,7 @@ class DeviceState:
                 self.checkpoint.delete(ref.uid)
             return ()
         started = ClaimEntry(ref.uid, ref.namespace, ref.name, STARTED, cfg.boot_id, devices)
-        self.checkpoint.put(started)
+        self.checkpoint.put(started, durable=False)
         self.crash_point("after-started")
         try:
             self.cdi.write(ref.uid, spec)

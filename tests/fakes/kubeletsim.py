@@ -281,9 +281,10 @@ class KubeletSim:
     def _call(self, method: str, body: bytes, version: str | None) -> bytes:
         assert self.dra is not None, "register first"
         service = DRA_SERVICES[version or self.version or "v1.DRAPlugin"]
-        return self.dra.unary_unary(f"/{service}/{method}", request_serializer=_raw, response_deserializer=_raw)(
-            body, timeout=DRA_TIMEOUT
-        )
+        out: bytes = self.dra.unary_unary(
+            f"/{service}/{method}", request_serializer=_raw, response_deserializer=_raw
+        )(body, timeout=DRA_TIMEOUT)
+        return out
 
     def prepare(self, claims: list[tuple[str, str, str]], version: str | None = None) -> dict[str, ClaimResult]:
         return decode_prepare(self._call("NodePrepareResources", claims_request(claims), version))
@@ -299,7 +300,7 @@ class KubeletSim:
 
     def watch_health(self, version: str = "v1alpha1", timeout: float = 60.0) -> Iterator[list[HealthEntry]]:
         assert self.dra is not None, "register first"
-        stream = self.dra.unary_stream(HEALTH_PATHS[version], request_serializer=_raw, response_deserializer=_raw)(
+        stream: Any = self.dra.unary_stream(HEALTH_PATHS[version], request_serializer=_raw, response_deserializer=_raw)(
             b"", timeout=timeout
         )
         try:

@@ -22,7 +22,7 @@ GPU1 = "GPU-00000001-1111-2222-3333-444444444444"
 
 
 def _spec(e: Env, uid: str) -> dict[str, Any]:
-    return json.loads((e.cdi_dir / f"{DRIVER}-{uid}.json").read_text())
+    return dict(json.loads((e.cdi_dir / f"{DRIVER}-{uid}.json").read_text()))
 
 
 def test_registration_info_and_sockets(env: Env) -> None:
@@ -278,7 +278,7 @@ def test_stop_removes_sockets_and_finishes_inflight(env: Env) -> None:
         time.sleep(0.5)
         return orig(ns, name)
 
-    env.claims.get_claim = slow_get  # type: ignore[method-assign]
+    env.claims.get_claim = slow_get  # type: ignore[method-assign,assignment]
     out: list[Any] = []
     with env.sim() as k:
         t = threading.Thread(target=lambda: out.append(k.prepare([c])))
