@@ -79,7 +79,7 @@ def test_plain_pod_runs_to_completion_and_logs_are_readable(
 
     core = client.CoreV1Api(cluster.api_client())
     marker = uuid.uuid4().hex
-    pod = real_node_pod("plain", f"echo hello {marker}; echo pid=$$; ls /dev/null", node_name=real_node.name)
+    pod = real_node_pod("plain", f"echo hello {marker}; echo pid=$$$$", node_name=real_node.name)
     core.create_namespaced_pod(namespace, pod)
     done = wait_pod_phase(cluster, real_node, namespace, "plain", ("Succeeded",))
     assert done.spec.node_name == real_node.name
@@ -87,7 +87,8 @@ def test_plain_pod_runs_to_completion_and_logs_are_readable(
     # Through the apiserver, which reaches the kubelet by its Hostname address (loopback).
     log = core.read_namespaced_pod_log("plain", namespace)
     assert f"hello {marker}" in log
-    assert "pid=1" in log  # its own PID namespace: a real container, not a host process
+    # `$$$$` is `$$` after the kubelet's $(VAR) expansion; PID 1 = its own PID namespace, a real container.
+    assert "pid=1\n" in log
     core.delete_namespaced_pod("plain", namespace)
 
 

@@ -256,7 +256,8 @@ class RealNode:
         if self.cluster.state is None:
             raise ClusterError("the cluster is not running")
         if self.dir.exists():
-            print(f"realnode: cleaning previous node dir {self.dir}", file=sys.stderr)
+            if (self.dir / STATE_FILE).exists():
+                print(f"realnode: cleaning previous node dir {self.dir}", file=sys.stderr)
             _teardown(self.dir)
             shutil.rmtree(self.dir, ignore_errors=True)
         kubelet_bin = self.cluster.bin_dir / "kubelet"
