@@ -119,6 +119,28 @@ def test_sysfs_backend(cluster: Any, tmp_path: Path) -> None:
         assert a["vendorID"] == {"string": want.vendor_id} and a["mtu"] == {"int": want.mtu}
     assert devs["nic-0"]["attributes"]["rdmaDevice"] == {"string": "mlx5_0"}
     assert devs["nic-0"]["capacity"] == {"bandwidth": {"value": "400G"}}
+    assert devs["nic-0"]["attributes"]["sriov"] == {"bool": True}
+    assert devs["nic-1"]["attributes"]["state"] == {"string": "down"} and "capacity" not in devs["nic-1"]
+    # every attribute, exactly: what sysfs gave equals what the file described
+    assert api_matches(client, NodeTopology(node, (), topo.nics))
+
+
+@pytest.mark.skipif(not Path("/sys/class/net").is_dir(), reason="no /sys on this machine")
+def test_sysfs_backend_on_this_machines_real_sys(cluster: Any) -> None:
+    """Read-only: whatever NICs this machine really has are published and accepted as they are."""
+    node = _node(cluster)
+    found = discover(BackendConfig(node_name=node, backends=("sysfs",), sysfs_root=Path("/sys")))
+    client = KubeClient.load(str(cluster.kubeconfig))
+    SlicePublisher(client, "topodra.dev", node).sync(found)
+    assert api_matches(client, found)
+    devs = _by_name(node_slices(client, node))
+    assert len(devs) == len(found.nics)
+    for name, nic in found.named_devices().items():
+        a = devs[name]["attributes"]
+        assert a["ifName"] == {"string": nic.if_name}
+        assert a["mac"] == {"string": Path(f"/sys/class/net/{nic.if_name}/address").read_text().strip()}
+        assert a["resource.kubernetes.io/pciBusID"] == {"string": nic.pci_bus_id}
+        assert a["resource.kubernetes.io/pcieRoot"]["string"].startswith("pci")
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc needed for the fake NVML")
