@@ -13,6 +13,13 @@ gobuild_init() {  # gobuild_init GO_MINOR_PREFIX WHY
   esac
   export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
   mkdir -p "$BIN" "$LOGS"
+  # Two builds into one cache (parallel test runs, make -j) would race on the same .tmp files:
+  # the second waits for the first, then finds its binaries cached.
+  exec 9>"$BIN/.build.lock"
+  if ! flock -n 9; then
+    echo "$TOOL: another build into $BIN is running; waiting for it ..."
+    flock 9
+  fi
 }
 
 have() {  # have NAME WANT: the cached binary exists and reports WANT
