@@ -92,28 +92,44 @@ class KubernetesClaimsApi:
         self.api = api_client
         self.timeout = timeout
 
-    def _call(self, method: str, path: str, **kw: Any) -> Any:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+        body: Any = None,
+    ) -> bytes:
+        """One raw request through the ApiClient's pool and credentials; the body of a 2xx answer."""
         from kubernetes.client.exceptions import ApiException
 
         try:
-            resp = self.api.call_api(
-                path,
-                method,
+            m, url, hdrs, data, post = self.api.param_serialize(
+                method=method,
+                resource_path=path,
+                query_params=query,
+                header_params=headers or {},
+                body=body,
                 auth_settings=["BearerToken"],
-                _preload_content=False,
-                _return_http_data_only=True,
-                _request_timeout=self.timeout,
-                **kw,
             )
+            resp = self.api.call_api(
+                m, url, header_params=hdrs, body=data, post_params=post, _request_timeout=self.timeout
+            )
+            raw = resp.read()
         except ApiException as e:
             raise ClaimApiError(int(e.status or 0), _reason(e.body, str(e.reason))) from None
         except Exception as e:  # connection refused, timeouts, TLS
             raise ClaimApiError(0, f"{type(e).__name__}: {e}") from None
-        return resp
+        if not 200 <= int(resp.status) < 300:
+            raise ClaimApiError(int(resp.status), _reason(raw, str(resp.reason)))
+        return bytes(raw or b"")
 
     def get_claim(self, namespace: str, name: str) -> Json:
-        resp = self._call("GET", claim_path(namespace, name), header_params={"Accept": "application/json"})
-        doc = orjson.loads(resp.data)
+        raw = self._call("GET", claim_path(namespace, name), headers={"Accept": "application/json"})
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise ClaimApiError(0, f"answer is not JSON: {e}") from None
         if not isinstance(doc, dict):
             raise ClaimApiError(0, "answer is not an object")
         return doc
@@ -128,9 +144,9 @@ class KubernetesClaimsApi:
         self._call(
             "PATCH",
             claim_path(namespace, name) + "/status",
-            query_params=[("fieldManager", field_manager), ("force", "true")],
-            header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
-            body=body,
+            query=[("fieldManager", field_manager), ("force", "true")],
+            headers={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
+            body=orjson.dumps(body).decode(),
         )
 
 
