@@ -2,21 +2,39 @@
 
 Needs root and writable cgroups (CI runs as root); skipped with the reason otherwise. Pods use
 hostNetwork (there is no pod network) and locally built images (there is no registry).
+
+The driver runs on a topology file for the real node, with a device root holding character device
+nodes made here (`--dev-root`) and a small sysfs tree (`--sysfs-root`) naming the NIC's RDMA verbs
+device, so its CDI specs reference device nodes that exist on this machine. A probe container
+prints its environment and every device node it sees; the test compares that, minus what a
+claimless pod sees, with the claim's CDI spec: exactly the spec's environment and device nodes
+(with the major:minor of the spec's host paths). The container then waits for a file on a hostPath
+volume, so the spec can be read while the claim is surely still prepared.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shutil
+import stat
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from topodra_cli.localcluster import LocalCluster
 from topodra_cli.localcluster.realnode import (
+    DRIVER_NAME,
     RealNode,
     _mountinfo,
+    default_node_name,
     machine_cannot,
     real_node_pod,
 )
@@ -26,6 +44,36 @@ pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 _CANNOT = machine_cannot()
 if _CANNOT:
     pytestmark.append(pytest.mark.skip(reason="this machine cannot run a real node: " + "; ".join(_CANNOT)))
+
+GPU0 = "GPU-e2e00000-0000-4000-8000-000000000000"
+GPU1 = "GPU-e2e00000-0000-4000-8000-000000000001"
+# gpu-0 alone on pci0000:00; gpu-1 and the only NIC (nic-0, RDMA mlx5_0) on pci0000:80: the aligned
+# GPU + NIC claim can only get gpu-1 + nic-0.
+TOPOLOGY = f"""
+nodes:
+- name: NODE
+  pcieRoots:
+    pci0000:00: {{numaNode: 0}}
+    pci0000:80: {{numaNode: 1}}
+  gpus:
+  - {{pciBusID: "0000:01:00.0", pcieRoot: pci0000:00, uuid: {GPU0}, minor: 0}}
+  - {{pciBusID: "0000:81:00.0", pcieRoot: pci0000:80, uuid: {GPU1}, minor: 1}}
+  nics:
+  - {{pciBusID: "0000:82:00.0", pcieRoot: pci0000:80, ifName: ib0, mac: "02:00:00:00:00:01", rdmaDevice: mlx5_0}}
+"""
+# Host device nodes the driver's specs point at: (path under the dev root, major, minor). Distinct
+# numbers (all harmless memory devices) show which host node each container path came from.
+DEV_NODES = (("nvidia0", 1, 3), ("nvidia1", 1, 5), ("nvidiactl", 1, 7), ("infiniband/uverbs0", 1, 8),
+             ("infiniband/rdma_cm", 1, 9))
+PROBE = (
+    "echo ==env; env; echo ==dev; find /dev \\( -type c -o -type b \\) -exec stat -c '%n %t %T' {} \\; ;"
+    " echo ==end"
+)
+UID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+WAIT_GO = "; while [ ! -e /sync/go ]; do sleep 0.1; done"
+
+
+# ---- helpers ------------------------------------------------------------------------------------
 
 
 def _node_logs(node: RealNode) -> str:
@@ -40,8 +88,9 @@ def _events(core: Any, ns: str, pod: str) -> str:
     return "\n".join(f"{e.type} {e.reason}: {e.message}" for e in evs)
 
 
-def wait_pod_phase(cluster: LocalCluster, node: RealNode, ns: str, name: str, phases: tuple[str, ...],
-                   timeout: float = 120) -> Any:
+def wait_pod(cluster: LocalCluster, node: RealNode, ns: str, name: str, phases: tuple[str, ...],
+             timeout: float = 120, log_has: str | None = None) -> Any:
+    """Until the pod is in one of `phases` (and, if given, its log contains `log_has`)."""
     from kubernetes import client
 
     core = client.CoreV1Api(cluster.api_client())
@@ -50,39 +99,154 @@ def wait_pod_phase(cluster: LocalCluster, node: RealNode, ns: str, name: str, ph
     while time.monotonic() < deadline:
         pod = core.read_namespaced_pod(name, ns)
         if pod.status.phase in phases:
-            return pod
-        if pod.status.phase in ("Failed", "Succeeded"):
+            if log_has is None:
+                return pod
+            try:
+                if log_has in core.read_namespaced_pod_log(name, ns):
+                    return pod
+            except client.ApiException:
+                pass
+        elif pod.status.phase in ("Failed", "Succeeded"):
             break
         time.sleep(0.5)
     phase = pod.status.phase if pod is not None else "?"
     raise AssertionError(
-        f"pod {ns}/{name} is {phase}, wanted {phases}; events:\n{_events(core, ns, name)}\n{_node_logs(node)}"
+        f"pod {ns}/{name} is {phase}, wanted {phases}"
+        + (f" with {log_has!r} in its log" if log_has else "")
+        + f"; events:\n{_events(core, ns, name)}\n{_node_logs(node)}"
     )
 
 
+def wait_until(pred: Any, timeout: float, what: str, node: RealNode) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{_node_logs(node)}")
+
+
+@dataclass(frozen=True)
+class Probe:
+    env: dict[str, str]
+    devices: dict[str, tuple[int, int]]  # container path -> (major, minor)
+
+
+def parse_probe(log: str) -> Probe:
+    env: dict[str, str] = {}
+    devices: dict[str, tuple[int, int]] = {}
+    section = ""
+    for line in log.splitlines():
+        if line.startswith("==") and line[2:] in ("env", "dev", "end"):
+            section = line[2:]
+            continue
+        if section == "env" and "=" in line:
+            k, _, v = line.partition("=")
+            env[k] = v
+        elif section == "dev" and line.strip():
+            path, major, minor = line.rsplit(" ", 2)
+            devices[path] = (int(major, 16), int(minor, 16))
+    assert section == "end", f"probe output incomplete:\n{log}"
+    return Probe(env, devices)
+
+
+def spec_edits(spec: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """(env, container path -> host path) of a CDI spec: its own edits plus every device's."""
+    env: dict[str, str] = {}
+    nodes: dict[str, str] = {}
+    for edits in [spec.get("containerEdits") or {}] + [d.get("containerEdits") or {} for d in spec["devices"]]:
+        for e in edits.get("env") or ():
+            k, _, v = e.partition("=")
+            env[k] = v
+        for n in edits.get("deviceNodes") or ():
+            nodes[n["path"]] = n.get("hostPath") or n["path"]
+    return env, nodes
+
+
+def host_dev(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    assert stat.S_ISCHR(st.st_mode), f"{path} is not a character device"
+    return os.major(st.st_rdev), os.minor(st.st_rdev)
+
+
+# ---- fixtures -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Env:
+    node: RealNode
+    base: Path
+
+    def sync_dir(self, pod: str) -> Path:
+        d = self.base / "sync" / pod
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+
 @pytest.fixture(scope="module")
-def real_node(cluster: LocalCluster) -> Iterator[RealNode]:
-    node = RealNode(cluster)
+def e2e(cluster: LocalCluster) -> Iterator[Env]:
+    base = Path(tempfile.mkdtemp(prefix="te2e-", dir="/tmp"))
+    dev, sysfs = base / "dev", base / "sys"
+    for rel, major, minor in DEV_NODES:
+        (dev / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.mknod(dev / rel, stat.S_IFCHR | 0o666, os.makedev(major, minor))
+    verbs = sysfs / "class" / "infiniband_verbs" / "uverbs0"
+    verbs.mkdir(parents=True)
+    (verbs / "ibdev").write_text("mlx5_0\n")
+    (sysfs / "class" / "net" / "ib0").mkdir(parents=True)
+    (sysfs / "class" / "net" / "ib0" / "operstate").write_text("up\n")
+    name = default_node_name()
+    (base / "topology.yaml").write_text(TOPOLOGY.replace("NODE", name))
+    node = RealNode(cluster, name, topology=base / "topology.yaml", driver_args=(
+        "--dev-root", str(dev), "--sysfs-root", str(sysfs), "--rediscover-interval", "0",
+    ))
     t0 = time.monotonic()
     node.start()
     print(f"real node {node.name} Ready in {time.monotonic() - t0:.1f}s")
     try:
-        yield node
+        yield Env(node, base)
     finally:
         node.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def baseline(cluster: LocalCluster, e2e: Env) -> Probe:
+    """What a claimless probe pod sees (its environment and default device nodes)."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(cluster.api_client())
+    ns = f"base-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": ns}})
+    try:
+        core.create_namespaced_pod(ns, real_node_pod("probe", PROBE, node_name=e2e.node.name))
+        wait_pod(cluster, e2e.node, ns, "probe", ("Succeeded",))
+        return parse_probe(core.read_namespaced_pod_log("probe", ns))
+    finally:
+        core.delete_namespace(ns)
+
+
+def device_classes(cluster: LocalCluster) -> None:
+    from driver.kubeapi import KubeClient
+    from tests.fakes.kube import apply_device_classes
+
+    apply_device_classes(KubeClient.load(str(cluster.kubeconfig)))
+
+
+# ---- tests --------------------------------------------------------------------------------------
 
 
 def test_plain_pod_runs_to_completion_and_logs_are_readable(
-    cluster: LocalCluster, real_node: RealNode, namespace: str
+    cluster: LocalCluster, e2e: Env, namespace: str
 ) -> None:
     from kubernetes import client
 
     core = client.CoreV1Api(cluster.api_client())
     marker = uuid.uuid4().hex
-    pod = real_node_pod("plain", f"echo hello {marker}; echo pid=$$$$", node_name=real_node.name)
-    core.create_namespaced_pod(namespace, pod)
-    done = wait_pod_phase(cluster, real_node, namespace, "plain", ("Succeeded",))
-    assert done.spec.node_name == real_node.name
+    core.create_namespaced_pod(namespace, real_node_pod(
+        "plain", f"echo hello {marker}; echo pid=$$$$", node_name=e2e.node.name))
+    done = wait_pod(cluster, e2e.node, namespace, "plain", ("Succeeded",))
+    assert done.spec.node_name == e2e.node.name
     assert done.status.container_statuses[0].state.terminated.exit_code == 0
     # Through the apiserver, which reaches the kubelet by its Hostname address (loopback).
     log = core.read_namespaced_pod_log("plain", namespace)
@@ -92,18 +256,171 @@ def test_plain_pod_runs_to_completion_and_logs_are_readable(
     core.delete_namespaced_pod("plain", namespace)
 
 
-def test_stop_leaves_nothing_behind(cluster: LocalCluster, real_node: RealNode) -> None:
-    """Last in this module: stop the node and check processes, mounts and cgroups are gone."""
-    st = real_node.state
-    assert st is not None
-    pids = {n: real_node.procs.pid(n) for n in real_node.procs.names()}
-    real_node.stop()
-    for name, pid in pids.items():
-        assert pid is None or not real_node.procs.running(name), f"{name} (pid {pid}) still running"
-    prefix = str(real_node.dir)
-    assert not [mp for mp, _ in _mountinfo() if mp == prefix or mp.startswith(prefix + "/")]
-    from pathlib import Path
+def test_driver_registers_with_the_kubelet_and_publishes(cluster: LocalCluster, e2e: Env) -> None:
+    from driver.kubeapi import KubeClient
+    from tests.fakes.kube import node_slices
 
+    e2e.node.wait_driver_registered(timeout=60)
+    reg = e2e.node.kubelet_root / "plugins_registry" / f"{DRIVER_NAME}-reg.sock"
+    assert reg.is_socket()
+    assert (e2e.node.kubelet_root / "plugins" / DRIVER_NAME / "dra.sock").is_socket()
+    kube = KubeClient.load(str(cluster.kubeconfig))
+
+    def devices() -> list[str]:
+        return sorted(d["name"] for s in node_slices(kube, e2e.node.name) for d in s["spec"].get("devices") or ())
+
+    wait_until(lambda: devices() == ["gpu-0", "gpu-1", "nic-0"], 60, "the node's ResourceSlices", e2e.node)
+
+
+def _claim_template(name: str, requests: list[dict[str, Any]], constraints: list[dict[str, Any]] | None = None
+                    ) -> dict[str, Any]:
+    devices: dict[str, Any] = {"requests": requests}
+    if constraints:
+        devices["constraints"] = constraints
+    return {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
+            "metadata": {"name": name}, "spec": {"spec": {"devices": devices}}}
+
+
+def _run_claim_pod(cluster: LocalCluster, e2e: Env, baseline: Probe, ns: str, pod_name: str, template: str,
+                   *, complete: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run a probe pod with one claim from `template`; check its view against the CDI spec; let it complete
+    (or, with complete=False, delete it while it runs); check that the claim is unprepared (spec and
+    checkpoint entry removed) and deleted. Returns the spec and the allocation results."""
+    from kubernetes import client
+
+    api = cluster.api_client()
+    core = client.CoreV1Api(api)
+    res = client.ResourceV1Api(api)
+    e2e.node.wait_driver_registered(timeout=60)
+    sync = e2e.sync_dir(f"{ns}-{pod_name}")
+    pod = real_node_pod(pod_name, PROBE + WAIT_GO, node_name=e2e.node.name, claims=[("acc", template)])
+    pod["spec"]["volumes"] = [{"name": "sync", "hostPath": {"path": str(sync), "type": "Directory"}}]
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "sync", "mountPath": "/sync"}]
+    core.create_namespaced_pod(ns, pod)
+    running = wait_pod(cluster, e2e.node, ns, pod_name, ("Running",), log_has="==end")
+
+    statuses = running.status.resource_claim_statuses or []
+    assert len(statuses) == 1 and statuses[0].resource_claim_name, statuses
+    claim_name = statuses[0].resource_claim_name
+    claim = api.sanitize_for_serialization(res.read_namespaced_resource_claim(claim_name, ns))
+    uid = claim["metadata"]["uid"]
+    results = claim["status"]["allocation"]["devices"]["results"]
+    assert {r["driver"] for r in results} == {DRIVER_NAME}
+    assert {r["pool"] for r in results} == {e2e.node.name}
+    spec_file = e2e.node.cdi_dir / f"{DRIVER_NAME}-{uid}.json"
+    assert spec_file.is_file(), f"no CDI spec {spec_file}; have {sorted(os.listdir(e2e.node.cdi_dir))}"
+    spec = json.loads(spec_file.read_text())
+    want_env, want_nodes = spec_edits(spec)
+    assert want_nodes, f"the spec names no device nodes: {spec}"
+
+    seen = parse_probe(core.read_namespaced_pod_log(pod_name, ns))
+    got_env = {k: v for k, v in seen.env.items() if k not in baseline.env}
+    assert got_env == want_env, f"container environment beyond a claimless pod's: {got_env}; spec: {want_env}"
+    got_devs = {p: mm for p, mm in seen.devices.items() if p not in baseline.devices}
+    assert set(got_devs) == set(want_nodes), f"container device nodes {got_devs}; spec {want_nodes}"
+    for path, host in want_nodes.items():
+        assert got_devs[path] == host_dev(host), f"{path}: container {got_devs[path]}, host {host}"
+
+    if complete:
+        (sync / "go").touch()
+        done = wait_pod(cluster, e2e.node, ns, pod_name, ("Succeeded",))
+        assert done.status.container_statuses[0].state.terminated.exit_code == 0
+    else:
+        assert spec_file.is_file() and uid in _prepared_claims(e2e.node)
+    core.delete_namespaced_pod(pod_name, ns)
+
+    def pod_gone() -> bool:
+        try:
+            core.read_namespaced_pod(pod_name, ns)
+            return False
+        except client.ApiException as e:
+            return e.status == 404
+
+    def claim_gone() -> bool:
+        try:
+            res.read_namespaced_resource_claim(claim_name, ns)
+            return False
+        except client.ApiException as e:
+            return e.status == 404
+
+    wait_until(pod_gone, 60, f"pod {ns}/{pod_name} to be deleted", e2e.node)
+    # NodeUnprepareResources: at termination, or by the kubelet's 60 s reconcile for gone pods.
+    wait_until(lambda: not spec_file.exists(), 100, f"the driver to remove {spec_file.name}", e2e.node)
+    assert uid not in _prepared_claims(e2e.node)
+    wait_until(claim_gone, 60, f"claim {ns}/{claim_name} to be deleted", e2e.node)
+    return spec, results
+
+
+def _prepared_claims(node: RealNode) -> set[str]:
+    """Claim UIDs in the driver's checkpoint and in the kubelet's DRA checkpoint."""
+    uids: set[str] = set()
+    for f in (node.driver_state_dir / "checkpoint.json", node.kubelet_root / "dra_manager_state"):
+        if f.is_file():
+            uids |= set(UID_RE.findall(f.read_text()))
+    return uids
+
+
+def test_gpu_claim_pod_sees_exactly_its_cdi_spec(
+    cluster: LocalCluster, e2e: Env, baseline: Probe, namespace: str
+) -> None:
+    from kubernetes import client
+
+    device_classes(cluster)
+    client.ResourceV1Api(cluster.api_client()).create_namespaced_resource_claim_template(namespace, _claim_template(
+        "one-gpu", [{"name": "gpu", "exactly": {"deviceClassName": "gpu.topodra.dev"}}]))
+    spec, results = _run_claim_pod(cluster, e2e, baseline, namespace, "gpu", "one-gpu")
+    assert len(results) == 1 and results[0]["request"] == "gpu"
+    gpu = results[0]["device"]
+    uuid_of = {"gpu-0": GPU0, "gpu-1": GPU1}
+    assert gpu in uuid_of
+    env, nodes = spec_edits(spec)
+    assert env.get("NVIDIA_VISIBLE_DEVICES") == uuid_of[gpu]
+    assert f"/dev/nvidia{gpu[-1]}" in nodes
+
+
+def test_aligned_gpu_nic_claim_pod_sees_exactly_its_cdi_spec(
+    cluster: LocalCluster, e2e: Env, baseline: Probe, namespace: str
+) -> None:
+    from kubernetes import client
+
+    device_classes(cluster)
+    client.ResourceV1Api(cluster.api_client()).create_namespaced_resource_claim_template(namespace, _claim_template(
+        "gpu-nic", [{"name": "gpu", "exactly": {"deviceClassName": "gpu.topodra.dev"}},
+                    {"name": "nic", "exactly": {"deviceClassName": "nic.topodra.dev"}}],
+        [{"requests": ["gpu", "nic"], "matchAttribute": "resource.kubernetes.io/pcieRoot"}]))
+    spec, results = _run_claim_pod(cluster, e2e, baseline, namespace, "pair", "gpu-nic")
+    assert sorted((r["request"], r["device"]) for r in results) == [("gpu", "gpu-1"), ("nic", "nic-0")]
+    env, nodes = spec_edits(spec)
+    assert env.get("NVIDIA_VISIBLE_DEVICES") == GPU1
+    assert env.get("TOPODRA_NET_INTERFACES") == "ib0"
+    assert env.get("TOPODRA_RDMA_DEVICES") == "mlx5_0"
+    assert {"/dev/nvidia1", "/dev/infiniband/uverbs0"} <= set(nodes)
+
+
+def test_deleting_a_running_pod_unprepares_its_claim(
+    cluster: LocalCluster, e2e: Env, baseline: Probe, namespace: str
+) -> None:
+    from kubernetes import client
+
+    device_classes(cluster)
+    client.ResourceV1Api(cluster.api_client()).create_namespaced_resource_claim_template(namespace, _claim_template(
+        "one-gpu", [{"name": "gpu", "exactly": {"deviceClassName": "gpu.topodra.dev"}}]))
+    _, results = _run_claim_pod(cluster, e2e, baseline, namespace, "deleted", "one-gpu", complete=False)
+    assert len(results) == 1
+
+
+def test_stop_leaves_nothing_behind(cluster: LocalCluster, e2e: Env) -> None:
+    """Last in this module: stop the node and check processes, mounts and cgroups are gone."""
+    node = e2e.node
+    st = node.state
+    assert st is not None
+    pids = {n: node.procs.pid(n) for n in node.procs.names()}
+    assert {"containerd", "kubelet", "driver"} <= set(pids)
+    node.stop()
+    for name, pid in pids.items():
+        assert pid is None or not node.procs.running(name), f"{name} (pid {pid}) still running"
+    prefix = str(node.dir)
+    assert not [mp for mp, _ in _mountinfo() if mp == prefix or mp.startswith(prefix + "/")]
     assert not [m for m in st.cgroup_mounts if Path(m, st.cgroup_root.lstrip("/")).exists()]
-    assert not real_node.kubelet_root.exists()
-    assert (real_node.dir / "logs" / "kubelet.log").exists()
+    assert not node.kubelet_root.exists()
+    assert (node.dir / "logs" / "kubelet.log").exists()
