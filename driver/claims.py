@@ -158,3 +158,50 @@ def _reason(body: Any, fallback: str) -> str:
     if isinstance(doc, dict) and doc.get("message"):
         return str(doc["message"])
     return fallback
+
+
+class KubeClientClaimsApi:
+    """The same over the driver's light REST client (`driver.kubeapi.KubeClient`): no `kubernetes` import."""
+
+    def __init__(self, client: Any, timeout: float = 10.0) -> None:
+        self.client = client
+        self.timeout = timeout
+
+    def get_claim(self, namespace: str, name: str) -> Json:
+        from driver.kubeapi import ApiError
+
+        try:
+            doc = self.client.request("GET", claim_path(namespace, name), timeout=self.timeout)
+        except ApiError as e:
+            raise ClaimApiError(e.status, e.reason) from None
+        return dict(doc)
+
+    def apply_device_status(self, namespace: str, name: str, devices: Sequence[Json], field_manager: str) -> None:
+        from driver.kubeapi import ApiError
+
+        body = {
+            "apiVersion": "resource.k8s.io/v1",
+            "kind": "ResourceClaim",
+            "metadata": {"name": name, "namespace": namespace},
+            "status": {"devices": list(devices)},
+        }
+        try:
+            self.client.request(
+                "PATCH",
+                claim_path(namespace, name) + "/status",
+                body=body,
+                query={"fieldManager": field_manager, "force": "true"},
+                content_type="application/apply-patch+yaml",
+                timeout=self.timeout,
+            )
+        except ApiError as e:
+            raise ClaimApiError(e.status, e.reason) from None
+
+
+def claims_api_for(client: Any) -> ClaimsApi:
+    """`driver.kubeapi.KubeClient` (preferred: light) or a `kubernetes.client.ApiClient`."""
+    from driver.kubeapi import KubeClient
+
+    if isinstance(client, KubeClient):
+        return KubeClientClaimsApi(client)
+    return KubernetesClaimsApi(client)

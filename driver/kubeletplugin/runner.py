@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from driver.cdi import CdiStore
 from driver.checkpoint import DEFAULT_BOOT_ID_FILE, Checkpoint, read_boot_id
-from driver.claims import ClaimsApi, KubernetesClaimsApi
+from driver.claims import ClaimsApi, claims_api_for
 from driver.kubeletplugin import dra_service, health, registration
 from driver.kubeletplugin.paths import SocketPaths
 from driver.model import NodeTopology
@@ -104,7 +104,7 @@ class KubeletPlugin:
         if claims_api is None:
             if kubernetes_api_client is None:
                 raise PluginStartError("the kubelet plugin needs a Kubernetes API client")
-            claims_api = KubernetesClaimsApi(kubernetes_api_client)
+            claims_api = claims_api_for(kubernetes_api_client)
         self.metrics = PluginMetrics(cfg.metrics_registry)
         self.boot_id = read_boot_id(cfg.boot_id_file)
         self.checkpoint = Checkpoint(cfg.effective_state_dir / "checkpoint.json", self.boot_id)
