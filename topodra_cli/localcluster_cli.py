@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from topodra_cli.localcluster import ClusterError, LocalCluster, default_dir
+from topodra_cli.localcluster.processes import ProcessTable
 
 
 def register(sub: Any) -> None:
@@ -74,6 +75,11 @@ def _status(args: argparse.Namespace) -> int:
         return 1
     for n in names:
         print(f"{n:28} pid {c.procs.pid(n)!s:8} {'running' if c.procs.running(n) else 'STOPPED'}")
+    for node_dir in sorted((c.dir / "nodes").glob("*/pids")):  # real nodes (add-node --real)
+        table = ProcessTable(node_dir.parent)
+        for n in table.names():
+            label = f"{node_dir.parent.name}/{n}"
+            print(f"{label:28} pid {table.pid(n)!s:8} {'running' if table.running(n) else 'STOPPED'}")
     return 0 if c.is_running() else 1
 
 
