@@ -1,0 +1,26 @@
+"""`python -m driver ARGS` = `topodra driver ARGS`, without building the other components' command lines.
+
+`topodra` registers every sub-command before parsing, and the extender's and local cluster's modules
+import the `kubernetes` client and `cryptography` (~26 MiB resident) that the driver's publishing path
+never uses; this entry point loads only the driver's own flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from driver import cli
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m")
+    sub = parser.add_subparsers(dest="command")
+    cli.register(sub)
+    args = parser.parse_args(["driver", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
