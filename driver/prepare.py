@@ -240,9 +240,12 @@ class DeviceState:
             FileLock(cfg.serialize_lock) if cfg.serialize_lock is not None else None
         )
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="topodra-claim")
+        # NIC status writes are for DRA networking consumers, not the kubelet: off the prepare path.
+        self._status_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="topodra-status")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._status_pool.shutdown(wait=True)
 
     @contextlib.contextmanager
     def _claim_lock(self, uid: str) -> Iterator[None]:
@@ -410,8 +413,8 @@ class DeviceState:
             devices=[d.device_name for d in devices],
             cdi_spec=str(self.cdi.path(ref.uid)),
         )
-        if cfg.write_nic_status:
-            self._write_nic_status(ref, picked)
+        if cfg.write_nic_status and any(isinstance(d, Nic) for _, d in picked):
+            self._status_pool.submit(self._write_nic_status, ref, picked)
         return devices
 
     def _write_nic_status(self, ref: ClaimRef, picked: Sequence[tuple[Result, Gpu | Nic]]) -> None:
@@ -444,7 +447,8 @@ class DeviceState:
             return
         try:
             self.api.apply_device_status(ref.namespace, ref.name, entries, field_manager=self.cfg.driver)
-        except ClaimApiError as e:
+            log.debug("claim_status_written", claim=str(ref), devices=[e["device"] for e in entries])
+        except Exception as e:
             self.metrics.status_failures.inc()
             log.warning("claim_status_write_failed", claim=str(ref), claim_uid=ref.uid, error=str(e))
 

@@ -157,7 +157,7 @@ class KubeletPlugin:
         self.state.recover()
         if self.monitor is not None:
             self.monitor.start()
-        self._dra_server = self._serve(self.paths.dra, self._dra_handlers())
+        self._dra_server = self._serve(self.paths.dra, self._dra_handlers(), self.cfg.max_workers)
         self._start_registration()
         log.info(
             "kubelet_plugin_serving",
@@ -175,10 +175,10 @@ class KubeletPlugin:
             hs += health.handlers(self.monitor, self.cfg.health_resend)
         return hs
 
-    def _serve(self, sock: Path, handlers: list[grpc.GenericRpcHandler[Any, Any]]) -> grpc.Server:
+    def _serve(self, sock: Path, handlers: list[grpc.GenericRpcHandler[Any, Any]], workers: int) -> grpc.Server:
         _unlink(sock)  # a stale socket of ours from a previous run
         server = grpc.server(
-            ThreadPoolExecutor(max_workers=self.cfg.max_workers, thread_name_prefix=f"grpc-{sock.stem}"),
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"grpc-{sock.stem}"),
             handlers=handlers,
             options=[("grpc.so_reuseport", 0)],
         )
@@ -193,7 +193,7 @@ class KubeletPlugin:
                 return
             if self._reg_server is not None:
                 self._reg_server.stop(0)
-            self._reg_server = self._serve(self.paths.registration, [self.registration.handler()])
+            self._reg_server = self._serve(self.paths.registration, [self.registration.handler()], 2)
 
     def _on_registration_status(self, ok: bool, error: str) -> None:
         if ok:

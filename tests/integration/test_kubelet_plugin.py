@@ -272,8 +272,11 @@ def test_register_prepare_unprepare_with_real_allocation(harness: Harness, names
         assert spec_of(h, uid) == expected_spec(h, uid)
         assert h.ck_claims()[uid]["state"] == "PrepareCompleted"
         # the NIC's status for DRA networking
-        claim = h.client.get(f"/apis/resource.k8s.io/v1/namespaces/{namespace}/resourceclaims/pair")
-        devs = claim["status"].get("devices") or []
+        def with_status() -> list[dict[str, Any]] | None:
+            c = h.client.get(f"/apis/resource.k8s.io/v1/namespaces/{namespace}/resourceclaims/pair")
+            return c["status"].get("devices") or None
+
+        devs = wait_for(with_status, timeout=10, what="claim status.devices")
         assert [(d["device"], d["networkData"]) for d in devs] == [
             ("nic-0", {"interfaceName": "ib0", "hardwareAddress": "02:00:00:00:00:01"})
         ]

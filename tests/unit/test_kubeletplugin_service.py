@@ -115,7 +115,10 @@ def test_prepare_writes_exact_cdi_spec_and_answers_by_uid(env: Env) -> None:
             ],
         },
     }
-    # NIC status: interface name and hardware address, Ready
+    # NIC status: interface name and hardware address, Ready (written in the background)
+    deadline = time.monotonic() + 5
+    while not env.claims.status_writes and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert len(env.claims.status_writes) == 1
     (sns, sname, devices) = env.claims.status_writes[0]
     assert (sns, sname) == (ns, name)
