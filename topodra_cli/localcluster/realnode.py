@@ -64,6 +64,11 @@ STOP_ORDER = ("driver", "kubelet", "containerd")
 KEEP_ON_STOP = ("logs", "pids", STATE_FILE)
 BUSYBOX = BUSYBOX_IMAGE
 PAUSE = PAUSE_IMAGE
+# Kernel settings every kubelet sets at start (setupKernelTunables); recorded before the first of our
+# kubelets starts and restored when the last one stops. /run is wiped by a reboot, like the settings.
+KERNEL_TUNABLES = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
+                   "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes")
+TUNABLES_RECORD = Path("/run/topodra/kernel-tunables-before-kubelet.json")
 
 
 def containerd_bin_dir(version: str = CONTAINERD_VERSION) -> Path:
@@ -429,6 +434,7 @@ state = {q(str(d / "state"))}
     def _start_kubelet(self) -> None:
         st = self.state
         assert st is not None
+        _record_kernel_tunables()
         ca = pki.CertPair(self.cluster.pki_dir / "ca.crt", self.cluster.pki_dir / "ca.key")
         cert = pki.issue(ca, self.dir / "pki", "kubelet-client", f"system:node:{self.name}", org="system:nodes")
         write_kubeconfig(self.kubeconfig, self.cluster.server, ca.cert, cert, f"system:node:{self.name}")
@@ -535,6 +541,7 @@ def _teardown(node_dir: Path) -> None:
     bin_dir = containerd_bin_dir(st.containerd_version if st else CONTAINERD_VERSION)
     for name in ("driver", "kubelet"):
         procs.stop(name)
+    _restore_kernel_tunables()
     if procs.running("containerd"):
         _kill_tasks(bin_dir / "ctr", sock)
     for name in [n for n in procs.names() if n not in STOP_ORDER] + ["containerd"]:
@@ -556,6 +563,32 @@ def _teardown(node_dir: Path) -> None:
         else:
             child.unlink(missing_ok=True)
     (node_dir / STATE_FILE).unlink(missing_ok=True)
+
+
+def _record_kernel_tunables() -> None:
+    if TUNABLES_RECORD.exists():
+        return
+    values = {}
+    for t in KERNEL_TUNABLES:
+        with contextlib.suppress(OSError):
+            values[t] = Path("/proc/sys", t).read_text().strip()
+    with contextlib.suppress(OSError):
+        TUNABLES_RECORD.parent.mkdir(parents=True, exist_ok=True)
+        tmp = TUNABLES_RECORD.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(values))
+        tmp.rename(TUNABLES_RECORD)
+
+
+def _restore_kernel_tunables() -> None:
+    """Once no real-node kubelet runs on the machine any more, put back what the first one changed."""
+    if not TUNABLES_RECORD.exists() or any(_pids_by_cmdline("--hostname-override=")):
+        return
+    with contextlib.suppress(OSError, ValueError):
+        for t, v in json.loads(TUNABLES_RECORD.read_text()).items():
+            if t in KERNEL_TUNABLES:
+                with contextlib.suppress(OSError):
+                    Path("/proc/sys", t).write_text(f"{v}\n")
+        TUNABLES_RECORD.unlink()
 
 
 def _kill_tasks(ctr: Path, sock: Path) -> None:
