@@ -23,6 +23,7 @@ import grpc
 import structlog
 from prometheus_client import CollectorRegistry
 
+from driver.app import StartupError
 from driver.cdi import CdiStore
 from driver.checkpoint import DEFAULT_BOOT_ID_FILE, Checkpoint, read_boot_id
 from driver.claims import ClaimsApi, claims_api_for
@@ -77,8 +78,8 @@ class PluginConfig:
         return self.state_dir or self.paths.plugin_dir
 
 
-class PluginStartError(Exception):
-    pass
+class PluginStartError(StartupError):
+    """Bad plugin configuration; `topodra driver` prints it and exits 2."""
 
 
 def _unlink(p: Path) -> None:
