@@ -70,10 +70,28 @@ def normalize(raw: Sequence[float]) -> list[int]:
     return [MIN_PRIORITY + round(span * (r - lo) / (hi - lo)) for r in raw]
 
 
+TIE_EPSILON = 1e-6
+
+
+def tie_break(raw: Sequence[float], domains: Sequence[tuple[str | None, ...]]) -> list[float]:
+    """Among equally good nodes prefer one domain, the same for every caller.
+
+    kube-scheduler breaks ties at random; pods of a job arriving faster than their bindings show
+    would then scatter. A stable preference (the first domain in name order) sends them to the
+    same place, and the extender's own hint then keeps the job there.
+    """
+    order = {d: i for i, d in enumerate(sorted(set(domains), key=lambda t: tuple(x or "" for x in t)))}
+    n = max(1, len(order))
+    return [r + TIE_EPSILON * (1 - order[d] / n) for r, d in zip(raw, domains, strict=True)]
+
+
 def run_prioritize(index: Index, cfg: ExtenderConfig, pod: Pod, req: Requirements | None, names: tuple[str, ...],
                    now: float) -> list[tuple[str, int]]:
     index.refresh(now)
     job_key = index.job_of(pod)
+    if job_key is None and (req is None or req.empty):
+        # Neither devices nor a job: nothing to say about this pod; stay neutral.
+        return [(n, MIN_PRIORITY) for n in names]
     job = index.job_domains(job_key, exclude_uid=pod.uid)
     free = index.domain_free
     max_free = [max(c.values(), default=0) for c in free]
@@ -96,7 +114,8 @@ def run_prioritize(index: Index, cfg: ExtenderConfig, pod: Pod, req: Requirement
                 align = alignment_quality(f, cfg) if f.ok else 0.0
             s = cache[key] = combine(align, packing_quality(st.domains, job, free, max_free, cfg), cfg)
         raw.append(s)
-    out = list(zip(names, normalize(raw), strict=True))
+    out = list(zip(names, normalize(tie_break(raw, [nodes[n].domains if n in nodes else () for n in names])),
+                   strict=True))
     if job_key is not None and out:
         top = max(s for _, s in out)
         best = [n for n, s in out if s == top]

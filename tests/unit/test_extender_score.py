@@ -38,10 +38,16 @@ def test_same_job_domain_is_preferred() -> None:
     s = _scores(idx, pod("w-1", templates={"acc": "quad"}, labels={"topodra.dev/job": "w"}),
                 ["r1-n0", "r1-n1", "r2-n0", "r2-n1"])
     assert s["r2-n1"] > s["r1-n0"] and s["r2-n0"] > s["r1-n1"]
-    # Another job does not care where w runs ... except that r2 is now fuller: keep r1 whole.
-    other = _scores(idx, pod("x-1", templates={"acc": "quad"}, labels={"topodra.dev/job": "x"}),
-                    ["r1-n0", "r2-n1"])
-    assert other["r2-n1"] >= other["r1-n0"]
+
+
+
+def test_ties_prefer_one_domain_for_every_caller() -> None:
+    idx = _rack_fleet()
+    names = ["r2-n1", "r1-n1", "r2-n0", "r1-n0"]
+    s = _scores(idx, pod("x-0", templates={"acc": "quad"}, labels={"topodra.dev/job": "x"}), names)
+    assert s["r1-n0"] == s["r1-n1"] == 10 and s["r2-n0"] == s["r2-n1"] < 10
+    # A pod with neither devices nor a job gets neutral scores.
+    assert set(_scores(idx, pod("plain"), names).values()) == {0}
 
 
 def test_fuller_domain_preferred_to_keep_big_ones_whole() -> None:
