@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -168,6 +168,10 @@ class Checkpoint:
         self.boot_id = boot_id
         self._entries: dict[str, ClaimEntry] = {}
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._version = 0  # of the in-memory view
+        self._written_version = 0  # latest version in the file
+        self._durable_version = 0  # latest version fsynced
 
     def load(self) -> LoadResult:
         """Read the file; a corrupt one is moved aside and reported, leaving an empty view."""
@@ -208,32 +212,41 @@ class Checkpoint:
     def put(self, entry: ClaimEntry, durable: bool = True) -> None:
         """Record `entry`. Not `durable` is for PrepareStarted markers: a process crash keeps them (page
         cache), and a power loss that drops one is a reboot, after which stale specs are removed anyway."""
-        with self._lock:
-            new = dict(self._entries)
-            new[entry.uid] = entry
-            self._persist(new, durable)
+        self._change(lambda d: d.__setitem__(entry.uid, entry), durable)
 
     def put_many(self, entries: Iterable[ClaimEntry]) -> None:
-        with self._lock:
-            new = dict(self._entries)
-            for e in entries:
-                new[e.uid] = e
-            self._persist(new)
+        items = list(entries)
+        self._change(lambda d: d.update({e.uid: e for e in items}), True)
 
     def delete(self, uid: str) -> bool:
         with self._lock:
             if uid not in self._entries:
                 return False
-            new = dict(self._entries)
-            del new[uid]
-            self._persist(new)
-            return True
+        self._change(lambda d: d.pop(uid, None), True)
+        return True
 
     def save(self) -> None:
-        with self._lock:
-            self._persist(dict(self._entries))
+        self._change(lambda d: None, True)
 
-    def _persist(self, new: dict[str, ClaimEntry], durable: bool = True) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, encode(self.boot_id, new.values()), mode=0o600, durable=durable)
-        self._entries = new
+    def _change(self, mutate: Callable[[dict[str, ClaimEntry]], object], durable: bool) -> None:
+        """Apply in memory, then make sure a write covering this change reached the disk.
+
+        Group commit: while one thread writes the file, others queue their changes; the next write
+        carries all of them, so parallel prepares share fsyncs instead of taking turns.
+        """
+        with self._lock:
+            new = dict(self._entries)
+            mutate(new)
+            self._entries = new
+            self._version += 1
+            version = self._version
+        with self._flush_lock:
+            if (self._durable_version if durable else self._written_version) >= version:
+                return
+            with self._lock:
+                snapshot, snap_version = self._entries, self._version
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, encode(self.boot_id, snapshot.values()), mode=0o600, durable=durable)
+            self._written_version = max(self._written_version, snap_version)
+            if durable:
+                self._durable_version = max(self._durable_version, snap_version)
