@@ -210,3 +210,12 @@ def delete_slices(client: KubeClient, nodes: list[str]) -> None:
     for n in nodes:
         with contextlib.suppress(ApiError):
             client.request("DELETE", f"{SLICES}/{n}-topodra.dev")
+
+
+def post(ext: ExtenderProcess, path: str, body: bytes, timeout: float = 5) -> tuple[int, bytes]:
+    req = urllib.request.Request(ext.url + path, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, context=ext._ctx(), timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
