@@ -204,6 +204,7 @@ class RealNode:
         self.containerd_version = containerd_version
         self.procs = ProcessTable(self.dir)
         self.state: RealNodeState | None = _load_state(self.dir)
+        self._driver_log_offset = 0
 
     # ---- paths ----------------------------------------------------------------------------------
     @property
@@ -256,8 +257,8 @@ class RealNode:
                 f"node name {self.name!r} does not resolve to a loopback address; the apiserver reaches the "
                 f"kubelet by that name. Use {default_node_name()!r} or add '127.0.0.1 {self.name}' to /etc/hosts"
             )
-        if self.topology is not None and not self.topology.is_file():
-            raise ClusterError(f"topology file {self.topology} not found")
+        if self.topology is not None:
+            self._check_topology(self.topology)
         if self.cluster.state is None:
             raise ClusterError("the cluster is not running")
         if self.dir.exists():
@@ -295,6 +296,19 @@ class RealNode:
             self.stop(delete_node=True)
             raise
         return self
+
+    def _check_topology(self, path: Path) -> None:
+        """The driver would run on but publish nothing: fail early when the file does not describe this node."""
+        from driver.discovery.common import TopologyFileError
+        from driver.discovery.filebackend import load_topology_file
+
+        try:
+            names = [n.node_name for n in load_topology_file(path)]
+        except TopologyFileError as e:
+            raise ClusterError(str(e)) from e
+        if self.name not in names:
+            raise ClusterError(f"topology file {path} describes no node named {self.name!r} (it has "
+                               f"{', '.join(names[:5]) or 'none'}); the real node is named {self.name!r}")
 
     def stop(self, *, delete_node: bool = True) -> None:
         """Stop everything of this node and clean up mounts and cgroups; the logs stay."""
@@ -482,6 +496,8 @@ state = {q(str(d / "state"))}
         )
 
     def _start_driver(self) -> None:
+        log = self.log_path("driver")
+        self._driver_log_offset = log.stat().st_size if log.exists() else 0
         self.procs.start(ProcessSpec("driver", self.driver_argv()))
 
     def restart_driver(self) -> None:
@@ -499,8 +515,10 @@ state = {q(str(d / "state"))}
             if code is not None:
                 raise ClusterError(f"driver exited with code {code}; log {self.log_path('driver')}:\n"
                                    f"{self.log_tail('driver', 40)}")
-            if "plugin_registered" in self.log_path("driver").read_text(errors="replace"):
-                return
+            with contextlib.suppress(OSError), self.log_path("driver").open("rb") as f:
+                f.seek(self._driver_log_offset)
+                if b'"plugin_registered"' in f.read():
+                    return
             time.sleep(0.2)
         raise ClusterError(
             f"the kubelet did not register the driver within {timeout:.0f}s; driver log "
@@ -695,7 +713,11 @@ def add_real_node(
     node = RealNode(cluster, name, topology=topology, driver_args=driver_args)
     node.start(build=build)
     if node.topology is not None:
-        node.wait_driver_registered()
+        try:
+            node.wait_driver_registered()
+        except BaseException:
+            node.stop()
+            raise
     return node
 
 
