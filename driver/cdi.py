@@ -152,6 +152,9 @@ class CdiStore:
         """
         if not spec.devices:
             raise CdiError("a CDI spec needs at least one device")
+        for d in spec.devices:
+            if d.edits.empty():
+                raise CdiError(f"CDI device {d.name} has no container edits (runtimes refuse such specs)")
         data = orjson.dumps(spec.to_json(), option=orjson.OPT_INDENT_2) + b"\n"
         self.dir.mkdir(parents=True, exist_ok=True)
         return atomic_write(self.path(claim_uid), data, tmp=self._tmp(claim_uid), durable=durable)

@@ -131,12 +131,15 @@ def build_spec(
             continue
         cdi_name = f"{claim_uid}-{name}"
         names[name] = cdi_name
+        # Every CDI device needs at least one edit (runtimes refuse specs with an empty device): each
+        # names its PCI address in its own variable.
+        own_env = (f"TOPODRA_DEVICE_{name.upper().replace('-', '_')}={d.pci_bus_id}",)
         if isinstance(d, Gpu):
             node, ok = _node(dev, f"nvidia{d.minor}")
             if not ok:
                 raise PrepareError(f"device {name}: device node {node.host_path} does not exist")
             uuids.append(d.uuid)
-            cdi_devices.append(CdiDevice(cdi_name, ContainerEdits(device_nodes=(node,))))
+            cdi_devices.append(CdiDevice(cdi_name, ContainerEdits(env=own_env, device_nodes=(node,))))
         else:
             nodes: list[DeviceNode] = []
             if d.rdma_device:
@@ -150,7 +153,9 @@ def build_spec(
                         log.warning("rdma_node_missing", device=name, path=vnode.host_path)
             ifnames.append(d.if_name)
             nets = (NetDevice(d.if_name, d.if_name),) if dev.netdevices and d.if_name else ()
-            cdi_devices.append(CdiDevice(cdi_name, ContainerEdits(device_nodes=tuple(nodes), net_devices=nets)))
+            cdi_devices.append(
+                CdiDevice(cdi_name, ContainerEdits(env=own_env, device_nodes=tuple(nodes), net_devices=nets))
+            )
     env: list[str] = []
     shared: list[DeviceNode] = []
     if uuids:

@@ -208,10 +208,14 @@ def allocate(h: Harness, ns: str, name: str = "pair", nic: bool = True) -> tuple
 def expected_spec(h: Harness, uid: str, nic: bool = True, gpu: str = "gpu-1") -> dict[str, Any]:
     dev = h.dev
     minor = gpu.removeprefix("gpu-")
+    bus = "0000:81:00.0" if minor == "1" else "0000:01:00.0"
     devices: list[dict[str, Any]] = [
         {
             "name": f"{uid}-{gpu}",
-            "containerEdits": {"deviceNodes": [{"path": f"/dev/nvidia{minor}", "hostPath": f"{dev}/nvidia{minor}"}]},
+            "containerEdits": {
+                "env": [f"TOPODRA_DEVICE_GPU_{minor}={bus}"],
+                "deviceNodes": [{"path": f"/dev/nvidia{minor}", "hostPath": f"{dev}/nvidia{minor}"}],
+            },
         }
     ]
     env = [f"NVIDIA_VISIBLE_DEVICES={GPU1 if minor == '1' else GPU0}"]
@@ -224,7 +228,8 @@ def expected_spec(h: Harness, uid: str, nic: bool = True, gpu: str = "gpu-1") ->
             {
                 "name": f"{uid}-nic-0",
                 "containerEdits": {
-                    "deviceNodes": [{"path": "/dev/infiniband/uverbs0", "hostPath": f"{dev}/infiniband/uverbs0"}]
+                    "env": ["TOPODRA_DEVICE_NIC_0=0000:82:00.0"],
+                    "deviceNodes": [{"path": "/dev/infiniband/uverbs0", "hostPath": f"{dev}/infiniband/uverbs0"}],
                 },
             }
         )

@@ -147,7 +147,13 @@ def test_cdi_version_is_the_lowest_needed(tmp_path: Path) -> None:
     doc = spec.to_json()
     assert doc["cdiVersion"] == "1.1.0"
     assert doc["devices"] == [
-        {"name": "uid-1-nic-1", "containerEdits": {"netDevices": [{"hostInterfaceName": "ib1", "name": "ib1"}]}}
+        {
+            "name": "uid-1-nic-1",
+            "containerEdits": {
+                "env": ["TOPODRA_DEVICE_NIC_1=0000:81:00.0"],
+                "netDevices": [{"hostInterfaceName": "ib1", "name": "ib1"}],
+            },
+        }
     ]
     assert doc["containerEdits"] == {"env": ["TOPODRA_NET_INTERFACES=ib1"]}
     store = CdiStore(tmp_path, DRIVER)

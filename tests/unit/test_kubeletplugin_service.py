@@ -89,17 +89,24 @@ def test_prepare_writes_exact_cdi_spec_and_answers_by_uid(env: Env) -> None:
         "devices": [
             {
                 "name": f"{uid}-gpu-1",
-                "containerEdits": {"deviceNodes": [{"path": "/dev/nvidia1", "hostPath": f"{dev}/nvidia1"}]},
+                "containerEdits": {
+                    "env": ["TOPODRA_DEVICE_GPU_1=0000:11:00.0"],
+                    "deviceNodes": [{"path": "/dev/nvidia1", "hostPath": f"{dev}/nvidia1"}],
+                },
             },
             {
                 "name": f"{uid}-nic-0",
                 "containerEdits": {
-                    "deviceNodes": [{"path": "/dev/infiniband/uverbs0", "hostPath": f"{dev}/infiniband/uverbs0"}]
+                    "env": ["TOPODRA_DEVICE_NIC_0=0000:80:00.0"],
+                    "deviceNodes": [{"path": "/dev/infiniband/uverbs0", "hostPath": f"{dev}/infiniband/uverbs0"}],
                 },
             },
             {
                 "name": f"{uid}-gpu-0",
-                "containerEdits": {"deviceNodes": [{"path": "/dev/nvidia0", "hostPath": f"{dev}/nvidia0"}]},
+                "containerEdits": {
+                    "env": ["TOPODRA_DEVICE_GPU_0=0000:10:00.0"],
+                    "deviceNodes": [{"path": "/dev/nvidia0", "hostPath": f"{dev}/nvidia0"}],
+                },
             },
         ],
         "containerEdits": {
