@@ -349,3 +349,30 @@ def test_topology_is_read_per_call(env: Env, tmp_path: Path) -> None:
     c = env.claims.add([("gpu", "gpu-1")])
     with env.sim() as k:
         assert "unknown device" in k.prepare([c])[c[1]].error
+
+
+def test_rolling_update_two_instances_share_state(env: Env) -> None:
+    from dataclasses import replace
+
+    from driver.kubeletplugin.runner import KubeletPlugin
+
+    old = env.start(pod_uid="aaaaaaaa-1111-4222-8333-944444444444")
+    new_cfg = replace(env.cfg, pod_uid="bbbbbbbb-1111-4222-8333-944444444444")
+    new = KubeletPlugin(new_cfg, lambda: env.topo[0], claims_api=env.claims)
+    new.start()
+    try:
+        assert old.paths.registration.exists() and new.paths.registration.exists()
+        c = env.claims.add([("gpu", "gpu-0")])
+        with KubeletSim(env.root) as k_old, KubeletSim(env.root) as k_new:
+            k_old.register(old.paths.registration)
+            k_new.register(new.paths.registration)
+            first = k_old.prepare([c])
+            assert k_new.prepare([c]) == first  # the new pod knows what the old one prepared
+            assert k_new.unprepare([c]) == {c[1]: ""}
+            assert list(env.cdi_dir.glob("*.json")) == []
+            assert k_old.unprepare([c]) == {c[1]: ""}
+            assert old.checkpoint.get(c[1]) is None
+    finally:
+        new.stop(1.0)
+    # each pod removed only its own sockets
+    assert not new.paths.registration.exists() and old.paths.registration.exists()
