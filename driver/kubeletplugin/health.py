@@ -221,11 +221,12 @@ class HealthMonitor:
             return self._version, list(self._devices)
 
     def start(self) -> None:
-        self.check_now()
+        """Check in a thread (the first check at once), so serving never waits for discovery or NVML."""
         self._thread = threading.Thread(target=self._run, name="topodra-health", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        self.check_now()
         while not self._stop.wait(self.interval):
             self.check_now()
 
@@ -271,6 +272,8 @@ class HealthServicer:
     def watch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         log.info("health_stream_opened", api=self.package, peer=context.peer())
         version, devices = self.monitor.snapshot()
+        if version == 0:  # first check still running
+            version, devices = self.monitor.wait(0, self.resend_every)
         yield self._response(devices)
         while context.is_active() and not self.monitor.stopped:
             version, devices = self.monitor.wait(version, self.resend_every)

@@ -156,10 +156,10 @@ class KubeletPlugin:
         for d in (self.paths.plugin_dir, self.paths.registry_dir, self.cfg.cdi_dir, self.cfg.effective_state_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.state.recover()
-        if self.monitor is not None:
-            self.monitor.start()
         self._dra_server = self._serve(self.paths.dra, self._dra_handlers(), self.cfg.max_workers)
         self._start_registration()
+        if self.monitor is not None:
+            self.monitor.start()
         log.info(
             "kubelet_plugin_serving",
             registration_socket=str(self.paths.registration),
