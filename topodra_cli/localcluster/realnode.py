@@ -257,6 +257,10 @@ class RealNode:
                 f"node name {self.name!r} does not resolve to a loopback address; the apiserver reaches the "
                 f"kubelet by that name. Use {default_node_name()!r} or add '127.0.0.1 {self.name}' to /etc/hosts"
             )
+        longest = self.kubelet_root / "plugins_registry" / f"{DRIVER_NAME}-reg.sock"
+        for sock in (Path(f"{self.containerd_socket}.ttrpc"), longest):
+            if len(str(sock)) > 107:  # AF_UNIX sun_path
+                raise ClusterError(f"socket path {sock} is longer than 107 characters; use a shorter cluster dir")
         if self.topology is not None:
             self._check_topology(self.topology)
         if self.cluster.state is None:
