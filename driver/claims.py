@@ -30,6 +30,30 @@ class ClaimsApi(Protocol):
 
     def apply_device_status(self, namespace: str, name: str, devices: Sequence[Json], field_manager: str) -> None: ...
 
+    def node_event(self, node: str, reason: str, message: str) -> None: ...
+
+
+def node_event_object(node: str, reason: str, message: str, component: str = "topodra.dev") -> Json:
+    """A Warning Event about the Node (core/v1, namespace default), for problems an admin must see."""
+    import time
+
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{node}.", "namespace": "default"},
+        "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node},
+        "type": "Warning",
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": component, "host": node},
+        "reportingComponent": component,
+        "reportingInstance": node,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+
 
 def claim_path(namespace: str, name: str) -> str:
     return f"{GROUP_PATH}/namespaces/{quote(namespace, safe='')}/resourceclaims/{quote(name, safe='')}"
@@ -149,6 +173,14 @@ class KubernetesClaimsApi:
             body=orjson.dumps(body).decode(),
         )
 
+    def node_event(self, node: str, reason: str, message: str) -> None:
+        self._call(
+            "POST",
+            "/api/v1/namespaces/default/events",
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+            body=node_event_object(node, reason, message),
+        )
+
 
 def _reason(body: Any, fallback: str) -> str:
     try:
@@ -194,6 +226,15 @@ class KubeClientClaimsApi:
                 content_type="application/apply-patch+yaml",
                 timeout=self.timeout,
             )
+        except ApiError as e:
+            raise ClaimApiError(e.status, e.reason) from None
+
+    def node_event(self, node: str, reason: str, message: str) -> None:
+        from driver.kubeapi import ApiError
+
+        try:
+            event = node_event_object(node, reason, message)
+            self.client.request("POST", "/api/v1/namespaces/default/events", body=event)
         except ApiError as e:
             raise ClaimApiError(e.status, e.reason) from None
 

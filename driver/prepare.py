@@ -262,6 +262,13 @@ class DeviceState:
                 self.checkpoint.reload()
                 yield
 
+    def node_event(self, reason: str, message: str) -> None:
+        """Best effort: a Warning Event on this node; never fails the caller."""
+        try:
+            self.api.node_event(self.cfg.node_name, reason, message)
+        except Exception as e:
+            log.warning("node_event_failed", reason=reason, error=str(e))
+
     def crash_point(self, point: str) -> None:
         if self.cfg.crash_at == point:
             log.warning("crash_injected", point=point)
@@ -288,6 +295,12 @@ class DeviceState:
                     recovered_claims=[e.uid for e in rebuilt],
                 )
                 self.checkpoint.put_many(rebuilt)
+                self.node_event(
+                    "CheckpointCorrupt",
+                    f"{self.cfg.driver} kubelet plugin: checkpoint {self.checkpoint.path} was unusable "
+                    f"({res.corrupt_reason}); moved to {res.moved_to}; {len(rebuilt)} prepared claims recovered "
+                    "from CDI specs",
+                )
             if res.previous_boot_id is not None and res.previous_boot_id != boot:
                 stale = list(self.cdi.claim_uids())
                 for uid in stale:

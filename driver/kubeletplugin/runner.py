@@ -202,6 +202,7 @@ class KubeletPlugin:
                 self.registered_at = time.monotonic()
                 log.info("time_to_registered", seconds=round(self.registered_at - self.started_at, 3))
             return
+        self.state.node_event("PluginRegistrationRefused", f"kubelet refused {self.cfg.driver_name}: {error}")
         # Kubelets before 1.36 never retry a refused plugin: offer a fresh socket after a while.
         if self._retry_timer is None or not self._retry_timer.is_alive():
             self._retry_timer = threading.Timer(self.cfg.registration_retry, self._start_registration)

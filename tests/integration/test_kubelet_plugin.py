@@ -393,6 +393,8 @@ def test_corrupt_checkpoint_recovers_claims(harness: Harness, namespace: str) ->
         assert k.unprepare([ref]) == {uid: ""}
     assert h.specs() == []
     assert list(h.checkpoint.parent.glob("checkpoint.json.corrupt-*"))
+    events = h.client.get("/api/v1/namespaces/default/events", fieldSelector=f"involvedObject.name={h.node}")
+    assert "CheckpointCorrupt" in {e["reason"] for e in events.get("items") or []}
 
 
 def test_health_stream_and_link_down_taints_slice(harness: Harness, namespace: str) -> None:

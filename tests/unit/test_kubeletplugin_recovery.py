@@ -84,6 +84,7 @@ def test_corrupt_checkpoint_is_moved_aside_and_claims_recovered(env: Env) -> Non
     path.write_text(json.dumps(doc))
     plugin = env.start()
     assert plugin.metrics.checkpoint_corrupt._value.get() == 1
+    assert [(n, r) for n, r, _ in env.claims.events] == [(NODE, "CheckpointCorrupt")]
     aside = list(path.parent.glob("checkpoint.json.corrupt-*"))
     assert len(aside) == 1
     ck = _ck(env)

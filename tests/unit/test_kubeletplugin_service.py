@@ -60,6 +60,7 @@ def test_refused_registration_is_an_error_with_the_reason(env: Env) -> None:
             k.notify(reg, False, "RegisterPlugin error -- plugin validation failed with err: boom")
         assert ei.value.code() == grpc.StatusCode.UNKNOWN
         assert "boom" in (ei.value.details() or "")
+        assert [r for _, r, _ in env.claims.events] == ["PluginRegistrationRefused"]
     # a fresh registration socket is offered again (kubelets < 1.36 do not retry by themselves)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and (not reg.exists() or reg.stat().st_ctime_ns == ino):

@@ -66,6 +66,7 @@ class FakeClaims:
     claims: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     gets: int = 0
     status_writes: list[tuple[str, str, list[dict[str, Any]]]] = field(default_factory=list)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
     fail_get: ClaimApiError | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -95,6 +96,10 @@ class FakeClaims:
         if c is None:
             raise ClaimApiError(404, f'resourceclaims.resource.k8s.io "{name}" not found')
         return c
+
+    def node_event(self, node: str, reason: str, message: str) -> None:
+        with self.lock:
+            self.events.append((node, reason, message))
 
     def apply_device_status(
         self, namespace: str, name: str, devices: Sequence[dict[str, Any]], field_manager: str
