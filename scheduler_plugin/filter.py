@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from scheduler_plugin.claims import Requirements, Unresolved, resolve
 from scheduler_plugin.config import ExtenderConfig
 from scheduler_plugin.fit import Fit
-from scheduler_plugin.index import Index
+from scheduler_plugin.index import NO_DEVICES, FitTable, Index
 from scheduler_plugin.model import Pod
 
 PREFIX = "topodra: "
-NO_DEVICES = PREFIX + "no devices published for this node (no ResourceSlice)"
+NO_DEVICES_REASON = PREFIX + "no devices published for this node (no ResourceSlice)"
 
 
 @dataclass(slots=True)
@@ -44,27 +44,53 @@ def run_filter(index: Index, cfg: ExtenderConfig, pod: Pod, names: tuple[str, ..
     if req.empty:
         out.passed = list(names)
         return out
-    table, shared = index.fits(req)
-    nodes = index.nodes
-    last: Fit | None = None
-    for name in names:
-        st = nodes.get(name)
-        if st is None or st.total == 0:
-            out.unresolvable[name] = NO_DEVICES
-            continue
-        f = index.fit(req, st, table, shared)
-        if f.ok:
-            out.passed.append(name)
-            last = f
-        elif is_shortfall(f.reason):
-            out.failed[name] = PREFIX + f.reason
-        else:
-            out.unresolvable[name] = PREFIX + f.reason
-    if len(out.passed) == 1 and last is not None:
+    table = index.fits(req)
+    if table.shared:
+        _by_signature(index, req, table, names, out)
+    else:
+        _by_node(index, req, table, names, out)
+    if len(out.passed) == 1:
         # kube-scheduler must take this node: count its devices as used until the API shows the allocation.
-        index.reserve(pod, out.passed[0], last, claim_keys(pod), now)
-        index.hint(pod, out.passed[0], now)
+        node = out.passed[0]
+        index.reserve(pod, node, index.fit_exact(req, index.nodes[node]), claim_keys(pod), now)
+        index.hint(pod, node, now)
     return out
+
+
+def _verdict(f: Fit) -> tuple[str, bool]:
+    return ("", False) if f.ok else (PREFIX + f.reason, is_shortfall(f.reason))
+
+
+def _by_signature(index: Index, req: Requirements, table: FitTable, names: tuple[str, ...],
+                  out: FilterOutcome) -> None:
+    """One verdict per distinct node signature; the per-node work is dictionary lookups only."""
+    sig_of = index.sig_of
+    sigs = [sig_of.get(n, NO_DEVICES) for n in names]
+    verdicts = table.verdicts
+    for sig in set(sigs):
+        if sig not in verdicts:
+            verdicts[sig] = (NO_DEVICES_REASON, False) if sig == NO_DEVICES else _verdict(
+                index.fit_sig(req, sig, table))
+    out.passed = [n for n, s in zip(names, sigs, strict=True) if not verdicts[s][0]]
+    if len(out.passed) < len(names):
+        for n, s in zip(names, sigs, strict=True):
+            reason, short = verdicts[s]
+            if reason:
+                (out.failed if short else out.unresolvable)[n] = reason
+
+
+def _by_node(index: Index, req: Requirements, table: FitTable, names: tuple[str, ...], out: FilterOutcome) -> None:
+    """Selectors on per-device identity: every node is judged on its own devices."""
+    for name in names:
+        st = index.nodes.get(name)
+        if st is None or st.total == 0:
+            out.unresolvable[name] = NO_DEVICES_REASON
+            continue
+        reason, short = _verdict(index.fit(req, st, table))
+        if not reason:
+            out.passed.append(name)
+        else:
+            (out.failed if short else out.unresolvable)[name] = reason
 
 
 def claim_keys(pod: Pod) -> list[tuple[str, str]]:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from scheduler_plugin.cel import CelCache, by_domain
 from scheduler_plugin.claims import Need, Requirements
-from scheduler_plugin.config import ExtenderConfig
+from scheduler_plugin.config import STD_NUMA_NODE, STD_PCIE_ROOT, ExtenderConfig
 from scheduler_plugin.fit import Fit, Profile, fit_node
 from scheduler_plugin.model import (
     AttrValue,
@@ -38,6 +38,8 @@ IDENTITY_ATTRS = frozenset({"uuid", "pciBusID", "mac", "ifName", "index", "minor
 _IDENTITY_RE = re.compile(r"\b(" + "|".join(sorted(IDENTITY_ATTRS)) + r")\b")
 
 JobKey = tuple[str, str]  # (namespace, "source=value")
+NO_DEVICES = -1  # signature id of nodes that publish no devices (or are unknown)
+MAX_SIGNATURES = 200_000
 
 
 @dataclass(slots=True)
@@ -69,6 +71,54 @@ class Hint:
     expires: float
 
 
+class FitTable:
+    """Feasibility results of one set of requirements, shared by nodes of the same signature or shape.
+
+    A node's *shape* for a pod is what the solver can see: per free device, whether it matches each
+    request, whether it is tainted, and its values of the alignment and constraint attributes.
+    Nodes that differ only in attributes the pod does not look at share one result.
+    """
+
+    def __init__(self, req: Requirements, shared: bool) -> None:
+        self.shared = shared
+        self.by_sig: dict[int, Fit] = {}
+        # Per signature, derived once: the filter verdict (reason, shortfall?) and the alignment term.
+        self.verdicts: dict[int, tuple[str, bool]] = {}
+        self.align: dict[int, tuple[float, float]] = {}
+        self.by_shape: dict[tuple[int, ...], Fit] = {}
+        self._proj: dict[int, int] = {}
+        self._proj_ids: dict[tuple[object, ...], int] = {}
+        self._needs = tuple(n for v in req.variants for n in v.needs)
+        attrs = {STD_PCIE_ROOT, STD_NUMA_NODE}
+        for v in req.variants:
+            for r in v.rules:
+                attrs.update(a for a in (r.match_attribute, r.distinct_attribute) if a)
+        self._attrs = tuple(sorted(attrs))
+
+    def project(self, p: Profile, match: Callable[[Need, Profile], bool | None]) -> int:
+        pid = self._proj.get(p.pid)
+        if pid is None:
+            key = (p.tainted, tuple(match(n, p) for n in self._needs), tuple(p.attrs.get(a) for a in self._attrs))
+            pid = self._proj_ids.setdefault(key, len(self._proj_ids))
+            self._proj[p.pid] = pid
+        return pid
+
+    def by_signature(self, sig: int, free: tuple[Profile, ...], req: Requirements,
+                     match: Callable[[Need, Profile], bool | None]) -> Fit:
+        f = self.by_sig.get(sig)
+        if f is None:
+            # Another signature may look the same to this pod (same matches, same alignment values).
+            shape = tuple(sorted(self.project(p, match) for p in free))
+            f = self.by_shape.get(shape)
+            if f is None:
+                f = self.by_shape[shape] = fit_node(req, free, match)
+            self.by_sig[sig] = f
+        return f
+
+    def __len__(self) -> int:
+        return len(self.by_sig)
+
+
 class Index:
     def __init__(self, cfg: ExtenderConfig) -> None:
         self.cfg = cfg
@@ -89,8 +139,13 @@ class Index:
         self.hints: dict[str, Hint] = {}  # pod uid -> our own unconfirmed placement
         self.profiles: dict[tuple[str, tuple[tuple[str, AttrValue], ...], bool], Profile] = {}
         self.sigs: dict[tuple[int, ...], int] = {}
+        self.sig_free: list[tuple[Profile, ...]] = []  # by signature id: the free devices it stands for
+        self.sig_of: dict[str, int] = {}  # node -> signature id (NO_DEVICES: publishes nothing)
+        self.dom_ids: dict[tuple[str | None, ...], int] = {}
+        self.dom_list: list[tuple[str | None, ...]] = []  # by domain-tuple id
+        self.dom_of: dict[str, int] = {}  # node -> domain-tuple id
         self.req_ids: dict[Requirements, int] = {}
-        self.memo: dict[int, dict[int, Fit]] = {}
+        self.memo: dict[int, FitTable] = {}
         self.class_match: dict[tuple[str, int], bool | None] = {}
         self.kinds: dict[str, str] = {}
         self.domain_free: list[Counter[str]] = [Counter() for _ in cfg.levels]
@@ -308,6 +363,13 @@ class Index:
                 del self.hints[uid]
             if expired:
                 self.generation += 1
+        if len(self.sigs) > MAX_SIGNATURES:
+            # Churn leaves old signatures behind; start over rather than grow without bound.
+            self.sigs.clear()
+            self.sig_free.clear()
+            self.memo.clear()
+            self.req_ids.clear()
+            self.dirty.update(self.nodes)
         if self.dirty:
             for name in self.dirty:
                 self._recompute(name)
@@ -343,9 +405,19 @@ class Index:
         st.free_keys = tuple(t[3] for t in free)
         st.total = len(devices)
         sig = tuple(p.pid for p in st.free)
-        st.sig = self.sigs.setdefault(sig, len(self.sigs))
+        sid = self.sigs.get(sig)
+        if sid is None:
+            sid = self.sigs[sig] = len(self.sig_free)
+            self.sig_free.append(st.free)
+        st.sig = sid
+        self.sig_of[name] = sid if st.total else NO_DEVICES
         st.free_gpus = sum(1 for p in st.free if p.kind == "gpu")
         st.domains = self._domains(st, devices)
+        did = self.dom_ids.get(st.domains)
+        if did is None:
+            did = self.dom_ids[st.domains] = len(self.dom_list)
+            self.dom_list.append(st.domains)
+        self.dom_of[name] = did
         for i, (od, nd) in enumerate(zip(old_domains or (None,) * len(self.cfg.levels), st.domains, strict=True)):
             if od is not None:
                 self.domain_free[i][od] -= old_gpus
@@ -355,6 +427,8 @@ class Index:
                 self.domain_free[i][nd] += st.free_gpus
         if st.node is None and not st.slices:
             del self.nodes[name]
+            self.sig_of.pop(name, None)
+            self.dom_of.pop(name, None)
 
     def _domains(self, st: NodeState, devices: Sequence[Device]) -> tuple[str | None, ...]:
         out: list[str | None] = []
@@ -453,25 +527,31 @@ class Index:
         """Selectors that name per-device identity attributes cannot use shared profiles."""
         return any(_IDENTITY_RE.search(s) for v in req.variants for n in v.needs for s in n.selectors)
 
-    def fits(self, req: Requirements) -> tuple[dict[int, Fit], bool]:
-        """The memo table for these requirements (by node signature), and whether it may be used."""
-        if self.exact(req):
-            return {}, False
+    def fits(self, req: Requirements) -> FitTable:
+        """The memo for these requirements (results by node signature and by node shape)."""
         rid = self.req_ids.get(req)
         if rid is None:
             if len(self.req_ids) > 50_000:  # bound memory; requirements of old pods are rarely seen again
                 self.req_ids.clear()
                 self.memo.clear()
             rid = self.req_ids[req] = len(self.req_ids)
-        return self.memo.setdefault(rid, {}), True
+        table = self.memo.get(rid)
+        if table is None:
+            table = self.memo[rid] = FitTable(req, not self.exact(req))
+        return table
 
-    def fit(self, req: Requirements, st: NodeState, table: dict[int, Fit], shared: bool) -> Fit:
-        if shared:
-            f = table.get(st.sig)
-            if f is None:
-                f = table[st.sig] = fit_node(req, st.free, self.match)
-            return f
-        return fit_node(req, self._exact_profiles(st), self.match)
+    def fit(self, req: Requirements, st: NodeState, table: FitTable) -> Fit:
+        if not table.shared:
+            return fit_node(req, self._exact_profiles(st), self.match)
+        return table.by_signature(st.sig, st.free, req, self.match)
+
+    def fit_sig(self, req: Requirements, sig: int, table: FitTable) -> Fit:
+        return table.by_signature(sig, self.sig_free[sig], req, self.match)
+
+    def fit_exact(self, req: Requirements, st: NodeState) -> Fit:
+        """Fit on this node's own device order (its witness names real devices)."""
+        devices = st.free if not self.exact(req) else self._exact_profiles(st)
+        return fit_node(req, devices, self.match)
 
     def _exact_profiles(self, st: NodeState) -> list[Profile]:
         out = []

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from scheduler_plugin.claims import Requirements
 from scheduler_plugin.config import ExtenderConfig
 from scheduler_plugin.fit import Fit
-from scheduler_plugin.index import Index
+from scheduler_plugin.index import NO_DEVICES, Index
 from scheduler_plugin.model import Pod
 from scheduler_plugin.wire import MAX_PRIORITY, MIN_PRIORITY
 
@@ -46,15 +46,6 @@ def packing_quality(domains: Sequence[str | None], job: Sequence[Counter[str]], 
     return acc / total_w
 
 
-def combine(align: float | None, pack: float, cfg: ExtenderConfig) -> float:
-    """Raw quality 0..1."""
-    wa = cfg.weights.alignment if align is not None else 0.0
-    wp = cfg.weights.packing
-    if wa + wp <= 0:
-        return 0.0
-    return (wa * (align or 0.0) + wp * pack) / (wa + wp)
-
-
 def normalize(raw: Sequence[float]) -> list[int]:
     """Spread the candidates over 0..10 (best 10, worst 0; all equal: 0).
 
@@ -70,19 +61,10 @@ def normalize(raw: Sequence[float]) -> list[int]:
     return [MIN_PRIORITY + round(span * (r - lo) / (hi - lo)) for r in raw]
 
 
+# kube-scheduler breaks ties at random; pods of a job arriving faster than their bindings show would then
+# scatter. A stable preference among equally good domains (the first in name order) sends them to the same
+# place, and the extender's own hint then keeps the job there.
 TIE_EPSILON = 1e-6
-
-
-def tie_break(raw: Sequence[float], domains: Sequence[tuple[str | None, ...]]) -> list[float]:
-    """Among equally good nodes prefer one domain, the same for every caller.
-
-    kube-scheduler breaks ties at random; pods of a job arriving faster than their bindings show
-    would then scatter. A stable preference (the first domain in name order) sends them to the
-    same place, and the extender's own hint then keeps the job there.
-    """
-    order = {d: i for i, d in enumerate(sorted(set(domains), key=lambda t: tuple(x or "" for x in t)))}
-    n = max(1, len(order))
-    return [r + TIE_EPSILON * (1 - order[d] / n) for r, d in zip(raw, domains, strict=True)]
 
 
 def run_prioritize(index: Index, cfg: ExtenderConfig, pod: Pod, req: Requirements | None, names: tuple[str, ...],
@@ -95,31 +77,53 @@ def run_prioritize(index: Index, cfg: ExtenderConfig, pod: Pod, req: Requirement
     job = index.job_domains(job_key, exclude_uid=pod.uid)
     free = index.domain_free
     max_free = [max(c.values(), default=0) for c in free]
-    table, shared = (index.fits(req) if req is not None and not req.empty else ({}, True))
-    use_align = req is not None and not req.empty and req.align != "none"
-    cache: dict[tuple[int, tuple[str | None, ...]], float] = {}
-    raw: list[float] = []
-    nodes = index.nodes
-    for name in names:
-        st = nodes.get(name)
-        if st is None:
-            raw.append(0.0)
-            continue
-        key = (st.sig if shared else -2 - len(raw), st.domains)
-        s = cache.get(key)
-        if s is None:
-            align = None
-            if use_align and req is not None:
-                f = index.fit(req, st, table, shared)
-                align = alignment_quality(f, cfg) if f.ok else 0.0
-            s = cache[key] = combine(align, packing_quality(st.domains, job, free, max_free, cfg), cfg)
-        raw.append(s)
-    out = list(zip(names, normalize(tie_break(raw, [nodes[n].domains if n in nodes else () for n in names])),
-                   strict=True))
+    wa, wp = cfg.weights.alignment, cfg.weights.packing
+    use_align = req is not None and not req.empty and req.align != "none" and wa > 0
+    table = index.fits(req) if use_align and req is not None else None
+
+    # Node -> (signature, domains) ids by lookups only; the scoring itself is per distinct id.
+    dom_of = index.dom_of
+    doms = [dom_of.get(n, -1) for n in names]
+    packing: dict[int, float] = {-1: 0.0}
+    for d in set(doms):
+        if d >= 0:
+            packing[d] = packing_quality(index.dom_list[d], job, free, max_free, cfg)
+    if table is None or req is None:
+        raw = [packing[d] for d in doms]
+    elif table.shared:
+        sig_of = index.sig_of
+        sigs = [sig_of.get(n, NO_DEVICES) for n in names]
+        align = table.align
+        for sig in set(sigs):
+            if sig not in align:
+                c, w = (0.0, 0.0) if sig == NO_DEVICES else _align_term(index.fit_sig(req, sig, table), cfg)
+                align[sig] = (c, max(w + wp, 1e-12))
+        wpk = {d: wp * v for d, v in packing.items()}
+        raw = [(align[s][0] + wpk[d]) / align[s][1] for s, d in zip(sigs, doms, strict=True)]
+    else:
+        raw = []
+        for n, d in zip(names, doms, strict=True):
+            st = index.nodes.get(n)
+            c, w = (0.0, 0.0) if st is None else _align_term(index.fit(req, st, table), cfg)
+            raw.append((c + wp * packing[d]) / max(w + wp, 1e-12))
+
+    # Among equals prefer one domain for every caller (see tie_break), then spread over 0..10.
+    order = sorted((d for d in set(doms) if d >= 0), key=lambda d: tuple(x or "" for x in index.dom_list[d]))
+    eps = {d: TIE_EPSILON * (1 - i / max(1, len(order))) for i, d in enumerate(order)}
+    eps[-1] = 0.0
+    out = list(zip(names, normalize([r + eps[d] for r, d in zip(raw, doms, strict=True)]), strict=True))
     if job_key is not None and out:
         top = max(s for _, s in out)
-        best = [n for n, s in out if s == top]
+        best = {d for (_, s), d in zip(out, doms, strict=True) if s == top}
         # Only a guess kube-scheduler is bound to follow at domain level is worth remembering.
-        if len({nodes[n].domains for n in best if n in nodes}) == 1:
-            index.hint(pod, best[0], now)
+        if len(best) == 1 and -1 not in best:
+            index.hint(pod, next(n for (n, s) in out if s == top), now)
     return out
+
+
+def _align_term(f: Fit, cfg: ExtenderConfig) -> tuple[float, float]:
+    """(weighted alignment, its weight); (0, 0) when alignment does not apply to this pod."""
+    if not f.ok:
+        return (0.0, cfg.weights.alignment)
+    q = alignment_quality(f, cfg)
+    return (0.0, 0.0) if q is None else (cfg.weights.alignment * q, cfg.weights.alignment)

@@ -66,7 +66,8 @@ def parse_args(body: bytes) -> ExtenderArgs:
         if not isinstance(items, list):
             raise BadRequest("missing field NodeNames (configure the extender with nodeCacheCapable: true)")
         names = [(i.get("metadata") or {}).get("name") if isinstance(i, dict) else None for i in items]
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    # set(map(type, ...)) runs in C: this check is on the hot path of every call.
+    if not isinstance(names, list) or not set(map(type, names)) <= {str}:
         raise BadRequest("field NodeNames must be a list of strings")
     try:
         pod = parse_pod(raw_pod)
@@ -75,13 +76,13 @@ def parse_args(body: bytes) -> ExtenderArgs:
     return ExtenderArgs(pod, tuple(names))
 
 
-def filter_result(passed: Sequence[str], failed: Mapping[str, str], unresolvable: Mapping[str, str],
+def filter_result(passed: list[str] | tuple[str, ...], failed: dict[str, str], unresolvable: dict[str, str],
                   error: str = "") -> bytes:
     return orjson.dumps({
         "Nodes": None,
-        "NodeNames": list(passed),
-        "FailedNodes": dict(failed),
-        "FailedAndUnresolvableNodes": dict(unresolvable),
+        "NodeNames": passed,
+        "FailedNodes": failed,
+        "FailedAndUnresolvableNodes": unresolvable,
         "Error": error,
     })
 

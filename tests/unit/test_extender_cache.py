@@ -76,7 +76,7 @@ def _node(name: str, rv: str) -> dict[str, Any]:
     return n
 
 
-async def _until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
+async def _until(pred: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not pred():
         if asyncio.get_running_loop().time() > deadline:
