@@ -260,7 +260,13 @@ def test_driver_registers_with_the_kubelet_and_publishes(cluster: LocalCluster, 
     from driver.kubeapi import KubeClient
     from tests.fakes.kube import node_slices
 
-    e2e.node.wait_driver_registered(timeout=60)
+    e2e.node.wait_driver_registered(timeout=60)  # the kubelet called NotifyRegistrationStatus(true)
+    # ... and on the kubelet's side, its DRA plugin manager connected to the announced endpoint.
+    def kubelet_connected() -> bool:
+        return any('"Connection changed"' in ln and f'driverName="{DRIVER_NAME}"' in ln and "connected=true" in ln
+                   for ln in e2e.node.log_path("kubelet").read_text(errors="replace").splitlines())
+
+    wait_until(kubelet_connected, 30, "the kubelet to connect to the driver", e2e.node)
     reg = e2e.node.kubelet_root / "plugins_registry" / f"{DRIVER_NAME}-reg.sock"
     assert reg.is_socket()
     assert (e2e.node.kubelet_root / "plugins" / DRIVER_NAME / "dra.sock").is_socket()
