@@ -228,3 +228,22 @@ def test_discovery_health_and_link_down() -> None:
     topo = replace(topo, nics=(replace(nic(0, 0x80, None), link_up=False), nic(1, 0x81, None)))
     hs = {h.device: (h.status, h.message) for h in device_health(topo, [])}
     assert hs["nic-0"] == ("Unhealthy", "link of ib0 is down")
+
+
+def test_socket_names_and_shortening() -> None:
+    from driver.kubeletplugin.paths import MAX_SOCKET_PATH, SocketPaths, registration_socket_name
+
+    p = SocketPaths.build(Path("/var/lib/kubelet"), DRIVER, None)
+    assert str(p.registration) == "/var/lib/kubelet/plugins_registry/topodra.dev-reg.sock"
+    assert str(p.dra) == "/var/lib/kubelet/plugins/topodra.dev/dra.sock"
+    pod = "0f5b6c1e-1d2a-4b3c-8d4e-5f6a7b8c9d0e"
+    p = SocketPaths.build(Path("/var/lib/kubelet"), DRIVER, pod)
+    assert p.registration.name == f"topodra.dev-{pod}-reg.sock" and len(str(p.registration)) == 91
+    assert p.dra.name == f"dra-{pod}.sock" and len(str(p.dra)) == 82
+    long_dir = Path("/" + "x" * 40) / "plugins_registry"
+    short = registration_socket_name(DRIVER, pod, long_dir)
+    assert short.startswith("topodra.dev-") and short.endswith("-reg.sock") and len(short) == len(DRIVER) + 18
+    assert len(str(long_dir / short)) <= MAX_SOCKET_PATH
+    very_long = Path("/" + "y" * 80) / "plugins_registry"
+    shortest = registration_socket_name(DRIVER, pod, very_long)
+    assert shortest.startswith("dra-") and len(shortest) == len("dra-") + 16 + len("-reg.sock")
