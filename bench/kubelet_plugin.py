@@ -107,7 +107,7 @@ class Bench:
             str(Path(sys.executable).with_name("topodra")), "driver", "--node-name", self.node,
             "--backend", "file", "--topology", str(b / "topo.yaml"), "--kubeconfig", str(self.kubeconfig),
             "--kubelet-root-dir", str(b / "k"), "--cdi-dir", str(b / "cdi"), "--dev-root", str(b / "dev"),
-            "--sysfs-root", str(b / "sys"), "--rediscover-interval", "0", "--log-level", "warning",
+            "--sysfs-root", str(b / "sys"), "--rediscover-interval", "0", "--log-level", "info",
         ]  # fmt: skip
         t0 = time.monotonic()
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=(b / "driver.log").open("ab"))
@@ -156,6 +156,25 @@ class Bench:
         }
         self.client.request("PUT", f"/apis/resource.k8s.io/v1/namespaces/{NS}/resourceclaims/{name}/status", body=c)
         return NS, c["metadata"]["uid"], name
+
+
+def breakdown(log: Path) -> dict[str, dict[str, float]]:
+    """Median API read / CDI write / checkpoint time per claim kind, from the driver's claim_prepared logs."""
+    per: dict[str, dict[str, list[float]]] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if '"claim_prepared"' not in line:
+            continue
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        devs = ev.get("devices") or []
+        kind = "1-device" if len(devs) == 1 else ("8-device (4 GPUs + 4 NICs)" if any("nic" in d for d in devs)
+                                                   else "8-device (8 GPUs)")
+        d = per.setdefault(kind, {"api_ms": [], "cdi_ms": [], "checkpoint_ms": []})
+        for k in d:
+            d[k].append(float(ev.get(k, 0.0)))
+    return {kind: {k: statistics.median(v) for k, v in d.items() if v} for kind, d in per.items()}
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -242,6 +261,7 @@ def run(args: argparse.Namespace, kubeconfig: Path) -> dict[str, Any]:
         sim.unprepare(claims)
         sim.close()
         out["cpu_cores"] = os.cpu_count()
+        out["breakdown_ms"] = breakdown(base / "driver.log")
         return out
     finally:
         b.stop()
@@ -284,6 +304,9 @@ def main() -> int:
     p = out["parallel"]
     print(f"parallel prepare: {p['claims_per_s']:.0f} claims/s ({p['claims']} claims, {p['threads']} client threads)")
     print(f"RSS: idle {out['rss_idle_mib']:.1f} MiB, after runs {out['rss_after_mib']:.1f} MiB")
+    for kind, b in out["breakdown_ms"].items():
+        print(f"median inside the driver, {kind}: " + ", ".join(f"{k} {v:.2f}" for k, v in b.items()))
+    print(f"load average at the end: {Path('/proc/loadavg').read_text().split()[:3]}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0

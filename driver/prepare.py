@@ -373,10 +373,12 @@ class DeviceState:
         ):
             log.debug("prepare_repeat", claim=str(ref), claim_uid=ref.uid)
             return entry.devices
+        t_api = time.perf_counter()
         try:
             claim = self.api.get_claim(ref.namespace, ref.name)
         except ClaimApiError as e:
             raise PrepareError(f"retrieve claim {ref}: {e}") from None
+        api_ms = (time.perf_counter() - t_api) * 1e3
         uid = (claim.get("metadata") or {}).get("uid")
         if uid != ref.uid:
             raise PrepareError(f"claim {ref} got replaced (UID {uid}, expected {ref.uid})")
@@ -412,16 +414,19 @@ class DeviceState:
                 self.checkpoint.delete(ref.uid)
             return ()
         started = ClaimEntry(ref.uid, ref.namespace, ref.name, STARTED, cfg.boot_id, devices)
+        t_write = time.perf_counter()
         self.checkpoint.put(started, durable=False)
         self.crash_point("after-started")
         try:
             self.cdi.write(ref.uid, spec)
+            t_cdi = time.perf_counter()
         except OSError as e:
             self.cdi.remove(ref.uid)
             self.checkpoint.delete(ref.uid)
             raise PrepareError(f"claim {ref}: write CDI spec: {e}") from None
         self.crash_point("after-cdi")
         self.checkpoint.put(started.with_state(COMPLETED))
+        t_done = time.perf_counter()
         self.metrics.prepared.set(len(self.checkpoint.entries()))
         self.crash_point("after-completed")
         log.info(
@@ -430,6 +435,9 @@ class DeviceState:
             claim_uid=ref.uid,
             devices=[d.device_name for d in devices],
             cdi_spec=str(self.cdi.path(ref.uid)),
+            api_ms=round(api_ms, 2),
+            cdi_ms=round((t_cdi - t_write) * 1e3, 2),
+            checkpoint_ms=round((t_done - t_cdi) * 1e3, 2),
         )
         if cfg.write_nic_status and any(isinstance(d, Nic) for _, d in picked):
             self._status_pool.submit(self._write_nic_status, ref, picked)
