@@ -84,10 +84,13 @@ def run_prioritize(index: Index, cfg: ExtenderConfig, pod: Pod, req: Requirement
     # Node -> (signature, domains) ids by lookups only; the scoring itself is per distinct id.
     dom_of = index.dom_of
     doms = [dom_of.get(n, -1) for n in names]
-    packing: dict[int, float] = {-1: 0.0}
-    for d in set(doms):
-        if d >= 0:
-            packing[d] = packing_quality(index.dom_list[d], job, free, max_free, cfg)
+    uniq = [d for d in set(doms) if d >= 0]
+    packing = packing_by_domain(uniq, index.dom_list, job, free, max_free, cfg)
+    # Among equals prefer one domain for every caller (TIE_EPSILON), folded into the packing term.
+    order = sorted(uniq, key=lambda d: tuple(x or "" for x in index.dom_list[d]))
+    for i, d in enumerate(order):
+        packing[d] += TIE_EPSILON * (1 - i / len(order))
+    packing[-1] = 0.0
     if table is None or req is None:
         raw = [packing[d] for d in doms]
     elif table.shared:
@@ -107,17 +110,39 @@ def run_prioritize(index: Index, cfg: ExtenderConfig, pod: Pod, req: Requirement
             c, w = (0.0, 0.0) if st is None else _align_term(index.fit(req, st, table), cfg)
             raw.append((c + wp * packing[d]) / max(w + wp, 1e-12))
 
-    # Among equals prefer one domain for every caller (see tie_break), then spread over 0..10.
-    order = sorted((d for d in set(doms) if d >= 0), key=lambda d: tuple(x or "" for x in index.dom_list[d]))
-    eps = {d: TIE_EPSILON * (1 - i / max(1, len(order))) for i, d in enumerate(order)}
-    eps[-1] = 0.0
-    out = list(zip(names, normalize([r + eps[d] for r, d in zip(raw, doms, strict=True)]), strict=True))
-    if job_key is not None and out:
-        top = max(s for _, s in out)
-        best = {d for (_, s), d in zip(out, doms, strict=True) if s == top}
+    scores = normalize(raw)
+    if job_key is not None and scores:
+        top = max(scores)
+        best = {d for sc, d in zip(scores, doms, strict=True) if sc == top}
         # Only a guess kube-scheduler is bound to follow at domain level is worth remembering.
         if len(best) == 1 and -1 not in best:
-            index.hint(pod, next(n for (n, s) in out if s == top), now)
+            index.hint(pod, names[scores.index(top)], now)
+    return list(zip(names, scores, strict=True))
+
+
+def packing_by_domain(doms: Sequence[int], dom_list: Sequence[tuple[str | None, ...]], job: Sequence[Counter[str]],
+                      free: Sequence[Counter[str]], max_free: Sequence[int], cfg: ExtenderConfig) -> dict[int, float]:
+    """packing_quality for many domain tuples, computing each (level, domain) term once."""
+    w = cfg.weights
+    total_w = sum(lv.weight for lv in cfg.levels)
+    inner = w.same_job + w.keep_whole
+    if total_w <= 0 or inner <= 0:
+        return dict.fromkeys(doms, 0.0)
+    terms: list[dict[str, float]] = [{} for _ in cfg.levels]
+    factors = [lv.weight / inner / total_w for lv in cfg.levels]
+    out: dict[int, float] = {}
+    for did in doms:
+        acc = 0.0
+        for i, d in enumerate(dom_list[did]):
+            if d is None:
+                continue
+            t = terms[i].get(d)
+            if t is None:
+                same = 1.0 if job[i].get(d, 0) > 0 else 0.0
+                whole = 1.0 - free[i].get(d, 0) / max_free[i] if max_free[i] > 0 else 0.0
+                t = terms[i][d] = factors[i] * (w.same_job * same + w.keep_whole * max(0.0, whole))
+            acc += t
+        out[did] = acc
     return out
 
 

@@ -128,3 +128,23 @@ def test_more_free_devices_never_hurt(base: list[tuple[str, int, int]], extra: l
     out = run_filter(idx, CFG, parse_pod(p), ("n0", "n1"), 0.0)
     if "n0" in out.passed:
         assert "n1" in out.passed
+
+
+_dom = st.one_of(st.none(), st.sampled_from(["a", "b", "c"]))
+
+
+@settings(max_examples=80, deadline=None)
+@given(tuples=st.lists(st.tuples(_dom, _dom, _dom, _dom), min_size=1, max_size=6),
+       job=st.lists(st.dictionaries(st.sampled_from(["a", "b", "c"]), st.integers(0, 3)), min_size=4, max_size=4),
+       free=st.lists(st.dictionaries(st.sampled_from(["a", "b", "c"]), st.integers(0, 16)), min_size=4, max_size=4))
+def test_batched_packing_equals_reference(tuples: list[tuple[str | None, ...]], job: list[dict[str, int]],
+                                          free: list[dict[str, int]]) -> None:
+    from collections import Counter
+
+    from scheduler_plugin.score import packing_by_domain, packing_quality
+
+    jc, fc = [Counter(j) for j in job], [Counter(f) for f in free]
+    max_free = [max(c.values(), default=0) for c in fc]
+    got = packing_by_domain(list(range(len(tuples))), tuples, jc, fc, max_free, CFG)
+    for i, t in enumerate(tuples):
+        assert abs(got[i] - packing_quality(t, jc, fc, max_free, CFG)) < 1e-12
