@@ -83,6 +83,9 @@ class Bench:
         self.base = base
         self.node = f"kpb-{uuid.uuid4().hex[:6]}"
         self.proc: subprocess.Popen[bytes] | None = None
+        # CDI specs on tmpfs like /var/run/cdi on a node; checkpoint on disk like /var/lib/kubelet
+        shm = Path("/dev/shm")
+        self.cdi_dir = Path(tempfile.mkdtemp(prefix="kpb-cdi-", dir=shm)) if shm.is_dir() else base / "cdi"
 
     def setup(self) -> None:
         b = self.base
@@ -106,7 +109,7 @@ class Bench:
         args = [
             str(Path(sys.executable).with_name("topodra")), "driver", "--node-name", self.node,
             "--backend", "file", "--topology", str(b / "topo.yaml"), "--kubeconfig", str(self.kubeconfig),
-            "--kubelet-root-dir", str(b / "k"), "--cdi-dir", str(b / "cdi"), "--dev-root", str(b / "dev"),
+            "--kubelet-root-dir", str(b / "k"), "--cdi-dir", str(self.cdi_dir), "--dev-root", str(b / "dev"),
             "--sysfs-root", str(b / "sys"), "--rediscover-interval", "0", "--log-level", "info",
         ]  # fmt: skip
         t0 = time.monotonic()
@@ -158,10 +161,12 @@ class Bench:
         return NS, c["metadata"]["uid"], name
 
 
-def breakdown(log: Path) -> dict[str, dict[str, float]]:
-    """Median API read / CDI write / checkpoint time per claim kind, from the driver's claim_prepared logs."""
+def breakdown(log: Path, end: int) -> dict[str, dict[str, float]]:
+    """Median API read / CDI write / checkpoint time per claim kind (serial runs), from claim_prepared logs."""
     per: dict[str, dict[str, list[float]]] = {}
-    for line in log.read_text(errors="replace").splitlines():
+    with log.open("rb") as f:
+        text = f.read(end).decode(errors="replace")
+    for line in text.splitlines():
         if '"claim_prepared"' not in line:
             continue
         try:
@@ -233,6 +238,7 @@ def run(args: argparse.Namespace, kubeconfig: Path) -> dict[str, Any]:
                 "repeat_ms": {"p50": pct(rep, 50) * 1e3, "p99": pct(rep, 99) * 1e3},
                 "unprepare_ms": {"p50": pct(unp, 50) * 1e3, "p99": pct(unp, 99) * 1e3},
             }
+        serial_log_end = (base / "driver.log").stat().st_size
         # parallel: distinct 1-device claims, one per call, N client threads
         claims = [b.make_claim(["gpu-0"]) for _ in range(args.parallel_claims)]
         sims = [KubeletSim(base / "k") for _ in range(args.parallel)]
@@ -261,11 +267,12 @@ def run(args: argparse.Namespace, kubeconfig: Path) -> dict[str, Any]:
         sim.unprepare(claims)
         sim.close()
         out["cpu_cores"] = os.cpu_count()
-        out["breakdown_ms"] = breakdown(base / "driver.log")
+        out["breakdown_ms"] = breakdown(base / "driver.log", serial_log_end)
         return out
     finally:
         b.stop()
         shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(b.cdi_dir, ignore_errors=True)
 
 
 def main() -> int:

@@ -142,13 +142,10 @@ class CdiStore:
     def _tmp(self, claim_uid: str) -> Path:
         return self.dir / f".{self.driver}-{check_uid(claim_uid)}.json.tmp"
 
-    def write(self, claim_uid: str, spec: Spec, durable: bool = False) -> Path:
-        """Write the claim's spec atomically (temp file, rename; fsync only when `durable`).
+    def write(self, claim_uid: str, spec: Spec) -> Path:
+        """Write the claim's spec atomically: `.<driver>-<uid>.json.tmp`, fsync, rename, fsync the dir.
 
-        Atomic is what matters: a runtime must never read half a spec. Durability does not: a process
-        crash keeps the page cache, and after a power loss the node reboots, /var/run/cdi (tmpfs) is
-        empty, and the driver removes its stale specs at start (new boot id) and writes them again on
-        the kubelet's next prepare.
+        A runtime never reads half a spec. (On the usual tmpfs /var/run/cdi the fsyncs cost nothing.)
         """
         if not spec.devices:
             raise CdiError("a CDI spec needs at least one device")
@@ -157,7 +154,7 @@ class CdiStore:
                 raise CdiError(f"CDI device {d.name} has no container edits (runtimes refuse such specs)")
         data = orjson.dumps(spec.to_json(), option=orjson.OPT_INDENT_2) + b"\n"
         self.dir.mkdir(parents=True, exist_ok=True)
-        return atomic_write(self.path(claim_uid), data, tmp=self._tmp(claim_uid), durable=durable)
+        return atomic_write(self.path(claim_uid), data, tmp=self._tmp(claim_uid))
 
     def read(self, claim_uid: str) -> Json | None:
         try:
@@ -175,6 +172,8 @@ class CdiStore:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
                 removed = True
+        if removed:
+            fsync_dir(self.dir)
         return removed
 
     def claim_uids(self) -> Iterator[str]:
