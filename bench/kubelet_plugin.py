@@ -182,6 +182,24 @@ def breakdown(log: Path, end: int) -> dict[str, dict[str, float]]:
     return {kind: {k: statistics.median(v) for k, v in d.items() if v} for kind, d in per.items()}
 
 
+def disk_fsync_ms(d: Path, n: int = 100) -> dict[str, float]:
+    """The floor under every durable write here: 2 KiB write + fsync + rename + directory fsync."""
+    d.mkdir(parents=True, exist_ok=True)
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fd = os.open(d / "probe.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.write(fd, b"x" * 2048)
+        os.fsync(fd)
+        os.close(fd)
+        os.replace(d / "probe.tmp", d / "probe")
+        dfd = os.open(d, os.O_RDONLY)
+        os.fsync(dfd)
+        os.close(dfd)
+        ts.append(time.perf_counter() - t0)
+    return {"p50": pct(ts, 50) * 1e3, "p99": pct(ts, 99) * 1e3}
+
+
 def timed(fn: Callable[[], Any]) -> float:
     t0 = time.perf_counter()
     fn()
@@ -267,6 +285,7 @@ def run(args: argparse.Namespace, kubeconfig: Path) -> dict[str, Any]:
         sim.unprepare(claims)
         sim.close()
         out["cpu_cores"] = os.cpu_count()
+        out["disk_fsync_ms"] = disk_fsync_ms(base / "fsync-probe")
         out["breakdown_ms"] = breakdown(base / "driver.log", serial_log_end)
         return out
     finally:
@@ -313,6 +332,8 @@ def main() -> int:
     print(f"RSS: idle {out['rss_idle_mib']:.1f} MiB, after runs {out['rss_after_mib']:.1f} MiB")
     for kind, b in out["breakdown_ms"].items():
         print(f"median inside the driver, {kind}: " + ", ".join(f"{k} {v:.2f}" for k, v in b.items()))
+    f = out["disk_fsync_ms"]
+    print(f"disk floor (state dir): write+fsync+rename+dir fsync p50 {f['p50']:.2f} ms, p99 {f['p99']:.2f} ms")
     print(f"load average at the end: {Path('/proc/loadavg').read_text().split()[:3]}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
