@@ -8,6 +8,7 @@ FailedAndUnresolvableNodes, as the contract recommends.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import compress
 
 from scheduler_plugin.claims import Requirements, Unresolved, resolve
 from scheduler_plugin.config import ExtenderConfig
@@ -63,19 +64,21 @@ def _verdict(f: Fit) -> tuple[str, bool]:
 
 def _by_signature(index: Index, req: Requirements, table: FitTable, names: tuple[str, ...],
                   out: FilterOutcome) -> None:
-    """One verdict per distinct node signature; the per-node work is dictionary lookups only."""
-    sig_of = index.sig_of
-    sigs = [sig_of.get(n, NO_DEVICES) for n in names]
-    verdicts = table.verdicts
-    for sig in set(sigs):
-        if sig not in verdicts:
-            verdicts[sig] = (NO_DEVICES_REASON, False) if sig == NO_DEVICES else _verdict(
-                index.fit_sig(req, sig, table))
-    out.passed = [n for n, s in zip(names, sigs, strict=True) if not verdicts[s][0]]
+    """One verdict per distinct node signature; per node only C-level lookups (map, compress)."""
+    sigs = list(map(index.sig_of.get, names))  # None: unknown node
+    verdicts, ok = table.verdicts, table.ok_sigs
+    for sig in set(sigs).difference(verdicts):
+        if sig is None or sig == NO_DEVICES:
+            verdicts[sig] = (NO_DEVICES_REASON, False)
+        else:
+            verdicts[sig] = _verdict(index.fit_sig(req, sig, table))
+            if not verdicts[sig][0]:
+                ok.add(sig)
+    out.passed = list(compress(names, map(ok.__contains__, sigs)))
     if len(out.passed) < len(names):
         for n, s in zip(names, sigs, strict=True):
-            reason, short = verdicts[s]
-            if reason:
+            if s not in ok:
+                reason, short = verdicts[s]
                 (out.failed if short else out.unresolvable)[n] = reason
 
 

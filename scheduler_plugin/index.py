@@ -83,8 +83,9 @@ class FitTable:
         self.shared = shared
         self.by_sig: dict[int, Fit] = {}
         # Per signature, derived once: the filter verdict (reason, shortfall?) and the alignment term.
-        self.verdicts: dict[int, tuple[str, bool]] = {}
-        self.align: dict[int, tuple[float, float]] = {}
+        self.verdicts: dict[int | None, tuple[str, bool]] = {}
+        self.ok_sigs: set[int | None] = set()
+        self.align: dict[int | None, tuple[float, float]] = {}
         self.by_shape: dict[tuple[int, ...], Fit] = {}
         self._proj: dict[int, int] = {}
         self._proj_ids: dict[tuple[object, ...], int] = {}

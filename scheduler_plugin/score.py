@@ -81,56 +81,55 @@ def run_prioritize(index: Index, cfg: ExtenderConfig, pod: Pod, req: Requirement
     use_align = req is not None and not req.empty and req.align != "none" and wa > 0
     table = index.fits(req) if use_align and req is not None else None
 
-    # Node -> (signature, domains) ids by lookups only; the scoring itself is per distinct id.
-    dom_of = index.dom_of
-    doms = [dom_of.get(n, -1) for n in names]
-    uniq = [d for d in set(doms) if d >= 0]
+    # Node -> (signature, domains) ids by C-level lookups; the scoring itself is per distinct id.
+    doms = list(map(index.dom_of.get, names))  # None: unknown node
+    uniq = [d for d in set(doms) if d is not None]
     packing = packing_by_domain(uniq, index.dom_list, job, free, max_free, cfg)
     # Among equals prefer one domain for every caller (TIE_EPSILON), folded into the packing term.
     order = sorted(uniq, key=lambda d: tuple(x or "" for x in index.dom_list[d]))
     for i, d in enumerate(order):
         packing[d] += TIE_EPSILON * (1 - i / len(order))
-    packing[-1] = 0.0
+    packing[None] = 0.0
     if table is None or req is None:
-        raw = [packing[d] for d in doms]
+        raw = list(map(packing.__getitem__, doms))
     elif table.shared:
-        sig_of = index.sig_of
-        sigs = [sig_of.get(n, NO_DEVICES) for n in names]
+        sigs = list(map(index.sig_of.get, names))
         align = table.align
-        for sig in set(sigs):
-            if sig not in align:
-                c, w = (0.0, 0.0) if sig == NO_DEVICES else _align_term(index.fit_sig(req, sig, table), cfg)
-                align[sig] = (c, max(w + wp, 1e-12))
+        for sig in set(sigs).difference(align):
+            c, w = ((0.0, 0.0) if sig is None or sig == NO_DEVICES
+                    else _align_term(index.fit_sig(req, sig, table), cfg))
+            align[sig] = (c, max(w + wp, 1e-12))
         wpk = {d: wp * v for d, v in packing.items()}
         raw = [(align[s][0] + wpk[d]) / align[s][1] for s, d in zip(sigs, doms, strict=True)]
     else:
         raw = []
-        for n, d in zip(names, doms, strict=True):
+        for n, dd in zip(names, doms, strict=True):
             st = index.nodes.get(n)
             c, w = (0.0, 0.0) if st is None else _align_term(index.fit(req, st, table), cfg)
-            raw.append((c + wp * packing[d]) / max(w + wp, 1e-12))
+            raw.append((c + wp * packing[dd]) / max(w + wp, 1e-12))
 
     scores = normalize(raw)
     if job_key is not None and scores:
         top = max(scores)
         best = {d for sc, d in zip(scores, doms, strict=True) if sc == top}
         # Only a guess kube-scheduler is bound to follow at domain level is worth remembering.
-        if len(best) == 1 and -1 not in best:
+        if len(best) == 1 and None not in best:
             index.hint(pod, names[scores.index(top)], now)
     return list(zip(names, scores, strict=True))
 
 
 def packing_by_domain(doms: Sequence[int], dom_list: Sequence[tuple[str | None, ...]], job: Sequence[Counter[str]],
-                      free: Sequence[Counter[str]], max_free: Sequence[int], cfg: ExtenderConfig) -> dict[int, float]:
+                      free: Sequence[Counter[str]], max_free: Sequence[int],
+                      cfg: ExtenderConfig) -> dict[int | None, float]:
     """packing_quality for many domain tuples, computing each (level, domain) term once."""
     w = cfg.weights
     total_w = sum(lv.weight for lv in cfg.levels)
     inner = w.same_job + w.keep_whole
     if total_w <= 0 or inner <= 0:
-        return dict.fromkeys(doms, 0.0)
+        return {d: 0.0 for d in doms}
     terms: list[dict[str, float]] = [{} for _ in cfg.levels]
     factors = [lv.weight / inner / total_w for lv in cfg.levels]
-    out: dict[int, float] = {}
+    out: dict[int | None, float] = {}
     for did in doms:
         acc = 0.0
         for i, d in enumerate(dom_list[did]):
