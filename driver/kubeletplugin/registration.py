@@ -50,15 +50,20 @@ class RegistrationServicer:
     def notify(
         self, request: reg_pb.RegistrationStatus, context: grpc.ServicerContext
     ) -> reg_pb.RegistrationStatusResponse:
-        if self._on_status is not None:
-            self._on_status(request.plugin_registered, request.error)
         if request.plugin_registered:
             self.registered.set()
             log.info("plugin_registered", driver=self.info.name, endpoint=self.info.endpoint)
+            if self._on_status is not None:
+                try:
+                    self._on_status(True, "")
+                except Exception:  # Notify(true) must never answer with an error
+                    log.exception("registration_callback_failed")
             return reg_pb.RegistrationStatusResponse()
         self.refusals += 1
         self.registered.clear()
         log.error("plugin_registration_refused", driver=self.info.name, reason=request.error)
+        if self._on_status is not None:
+            self._on_status(False, request.error)
         context.abort(grpc.StatusCode.UNKNOWN, f"kubelet refused the registration of {self.info.name}: {request.error}")
         raise AssertionError("unreachable")  # context.abort raises
 

@@ -205,7 +205,10 @@ class KubeletPlugin:
         self.state.node_event("PluginRegistrationRefused", f"kubelet refused {self.cfg.driver_name}: {error}")
         # Kubelets before 1.36 never retry a refused plugin: offer a fresh socket after a while.
         if self._retry_timer is None or not self._retry_timer.is_alive():
-            self._retry_timer = threading.Timer(self.cfg.registration_retry, self._start_registration)
+            # back off: retry, 2x, 4x ... capped at 5 minutes
+            delay = min(300.0, self.cfg.registration_retry * 2 ** min(self.registration.refusals - 1, 10))
+            log.info("registration_retry_scheduled", seconds=delay)
+            self._retry_timer = threading.Timer(delay, self._start_registration)
             self._retry_timer.daemon = True
             self._retry_timer.start()
 
