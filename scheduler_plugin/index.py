@@ -132,7 +132,6 @@ class Index:
         self.templates: dict[tuple[str, str], ClaimTemplate] = {}
         self.classes: dict[str, DeviceClass] = {}
         self.allocated: dict[DeviceKey, tuple[str, str]] = {}
-        self.device_node: dict[DeviceKey, str] = {}
         self.reservations: dict[str, Reservation] = {}
         self.reserved: dict[DeviceKey, str] = {}
         self.bound: dict[str, tuple[JobKey | None, str]] = {}  # pod uid -> (job, node) of bound pods
@@ -193,9 +192,6 @@ class Index:
         if s.node is not None and s.node in self.nodes:
             self.nodes[s.node].slices.discard(s.name)
             self.dirty.add(s.node)
-        for d in s.devices:
-            if self.device_node.get(d.key) == s.node:
-                del self.device_node[d.key]
         gens = [self.slices[n].generation for n in names if n in self.slices and self.slices[n] is not s]
         new_gen = max(gens) if gens else -1
         if new_gen != self.pool_gen.get(pk, -1):
@@ -237,9 +233,11 @@ class Index:
                 self._dirty_device(dk)
 
     def _dirty_device(self, dk: DeviceKey) -> None:
-        node = self.device_node.get(dk)
-        if node is not None:
-            self.dirty.add(node)
+        # A device's node is its slice's node; pools are small, so no per-device map is kept.
+        for sn in self.pool_slices.get((dk[0], dk[1]), ()):
+            sl = self.slices.get(sn)
+            if sl is not None and sl.node is not None:
+                self.dirty.add(sl.node)
 
     def upsert_template(self, t: ClaimTemplate) -> None:
         self.templates[(t.namespace, t.name)] = t
@@ -396,7 +394,6 @@ class Index:
         free: list[tuple[int, str, Profile, DeviceKey]] = []
         for d in devices:
             k = d.key
-            self.device_node[k] = name
             if k in self.allocated or k in self.reserved:
                 continue
             p = self.profile(d)
@@ -614,7 +611,7 @@ class Index:
             "resourceclaimtemplates": len(self.templates),
             "deviceclasses": len(self.classes),
             "pods": len(self.bound),
-            "devices": len(self.device_node),
+            "devices": sum(st.total for st in self.nodes.values()),
             "allocated_devices": len(self.allocated),
             "reserved_devices": len(self.reserved),
             "profiles": len(self.profiles),

@@ -6,6 +6,7 @@ the apiserver, which already validated them; the request body is validated separ
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,8 +32,11 @@ def _s(v: Any) -> str:
 
 
 def qualify(driver: str, name: str) -> str:
-    """Attribute names without a domain belong to the driver's domain (DRA rule)."""
-    return name if "/" in name else f"{driver}/{name}"
+    """Attribute names without a domain belong to the driver's domain (DRA rule).
+
+    Interned: thousands of devices carry the same few names, and the cache should hold each once.
+    """
+    return sys.intern(name if "/" in name else f"{driver}/{name}")
 
 
 def attr_value(v: Mapping[str, Any]) -> AttrValue | None:
@@ -79,7 +83,8 @@ def parse_slice(obj: Mapping[str, Any]) -> Slice:
         for k, v in _d(d.get("attributes")).items():
             val = attr_value(_d(v))
             if val is not None:
-                attrs[qualify(driver, str(k))] = val
+                # Short strings repeat across devices (roots, types, models): keep one copy of each.
+                attrs[qualify(driver, str(k))] = sys.intern(val) if isinstance(val, str) and len(val) <= 64 else val
         tainted = any(_d(t).get("effect") in BLOCKING_EFFECTS for t in _l(d.get("taints")))
         devices.append(Device(driver, pool_name, _s(d.get("name")), tuple(sorted(attrs.items())), tainted))
     gen = pool.get("generation")
