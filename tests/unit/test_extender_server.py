@@ -140,3 +140,41 @@ def test_garbage_never_500(body: bytes) -> None:
             orjson.loads(await r.read())
 
     _with_client(t, ext)
+
+
+def test_https_with_client_ca(tmp_path: Any) -> None:
+    """Verbs need a client certificate signed by --client-ca; probes of /healthz do not."""
+    import ssl
+
+    from aiohttp import ClientSession, TCPConnector, web
+
+    from scheduler_plugin.server import server_ssl_context
+    from topodra_cli.localcluster import pki
+    from topodra_cli.localcluster.processes import free_port
+
+    ca = pki.make_ca(tmp_path, "ca")
+    srv = pki.issue(ca, tmp_path, "srv", "ext", server_hosts=("127.0.0.1",), client=False)
+    cli = pki.issue(ca, tmp_path, "cli", "kube-scheduler")
+    ext = _extender()
+    ext.require_client_cert = True
+    port = free_port()
+
+    async def main() -> None:
+        runner = web.AppRunner(ext.app())
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_ssl_context(srv.cert, srv.key, ca.cert)).start()
+        try:
+            anon = ssl.create_default_context(cafile=str(ca.cert))
+            mutual = ssl.create_default_context(cafile=str(ca.cert))
+            mutual.load_cert_chain(str(cli.cert), str(cli.key))
+            body = _args(pod("p", templates={"acc": "pair"}), ["a", "b"])
+            async with ClientSession(connector=TCPConnector(ssl=anon)) as s:
+                assert (await s.get(f"https://127.0.0.1:{port}/healthz")).status == 200
+                assert (await s.post(f"https://127.0.0.1:{port}/v1/filter", data=body)).status == 403
+            async with ClientSession(connector=TCPConnector(ssl=mutual)) as s:
+                r = await s.post(f"https://127.0.0.1:{port}/v1/filter", data=body)
+                assert r.status == 200 and orjson.loads(await r.read())["NodeNames"] == ["a"]
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
