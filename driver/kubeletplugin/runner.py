@@ -108,6 +108,8 @@ class KubeletPlugin:
             claims_api = claims_api_for(kubernetes_api_client)
         self.metrics = PluginMetrics(cfg.metrics_registry)
         self.boot_id = read_boot_id(cfg.boot_id_file)
+        if not self.boot_id:
+            log.warning("boot_id_unknown", path=str(cfg.boot_id_file), effect="reboots cannot be detected")
         self.checkpoint = Checkpoint(cfg.effective_state_dir / "checkpoint.json", self.boot_id)
         self.cdi = CdiStore(cfg.cdi_dir, cfg.driver_name)
         self.state = DeviceState(
