@@ -182,3 +182,19 @@ def test_rediscover_and_stop_are_prompt() -> None:
         loop.stop()
         t.join(5)
     assert not t.is_alive() and time.monotonic() - t0 < 1.0
+
+
+def test_lean_entry_point_loads_no_heavy_clients() -> None:
+    """`python -m driver` must stay lean: publishing never needs the kubernetes client, gRPC or cryptography
+    (docs/benchmarks-driver.md: 34 MiB RSS this way vs 61 MiB through `topodra`)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, driver.__main__, driver.app, driver.publisher, driver.fleet, driver.discovery.filebackend;"
+        "print(sorted(m for m in ('kubernetes', 'grpc', 'cryptography') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
+    usage = subprocess.run([sys.executable, "-m", "driver", "--help"], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 0 and "--topology" in usage.stdout and "--fleet" in usage.stdout
