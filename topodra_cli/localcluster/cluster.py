@@ -25,7 +25,6 @@ import yaml
 from topodra_cli.localcluster import pki
 from topodra_cli.localcluster.binaries import K8S_VERSION, bin_dir, ensure_binaries
 from topodra_cli.localcluster.gates import check_gates, gate_flag
-from topodra_cli.localcluster.heartbeat import FAKE_NODE_LABEL, renew_lease
 from topodra_cli.localcluster.kubeconfig import write_kubeconfig
 from topodra_cli.localcluster.processes import (
     ClusterError,
@@ -404,6 +403,9 @@ class LocalCluster:
     def add_fake_nodes(self, nodes: Iterable[tuple[str, Mapping[str, str], Mapping[str, str]]]) -> None:
         """Create Ready nodes with no kubelet; the heartbeat process keeps their Leases fresh."""
         from kubernetes import client
+
+        # Here, not at the top: the kubernetes package costs every `topodra` start ~0.5 s and ~25 MiB.
+        from topodra_cli.localcluster.heartbeat import FAKE_NODE_LABEL, renew_lease
 
         api = self.api_client()
         core = client.CoreV1Api(api)
