@@ -5,7 +5,9 @@ A local control plane (the pinned Kubernetes build) gets N fake nodes (16 per ra
 are created as fast as possible and timed until every one is bound. Then the same again with
 kube-scheduler calling the extender over HTTPS (percentageOfNodesToScore: 100 both times).
 
-    .venv/bin/python bench/scheduler_throughput.py [--nodes 1000] [--pods 200]
+    .venv/bin/python bench/scheduler_throughput.py [--nodes 1000] [--pods 100]
+
+The plain run is repeated after the extender run; the ratio uses the mean of both plain runs.
 """
 
 from __future__ import annotations
@@ -106,6 +108,11 @@ def run_pods(client: KubeClient, ns: str, pods: int) -> float:
     raise SystemExit(f"pods in {ns} not all bound after 600 s")
 
 
+def _get(url: str, ctx: ssl.SSLContext) -> str:
+    with urllib.request.urlopen(url, context=ctx, timeout=5) as r:
+        return str(r.read().decode())
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -116,7 +123,7 @@ def rss_mib(pid: int) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--nodes", type=int, default=1000)
-    ap.add_argument("--pods", type=int, default=200)
+    ap.add_argument("--pods", type=int, default=100)
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="topodra-throughput-"))
     cluster = LocalCluster(Path("/tmp/topodra") / f"bench-throughput-{os.getpid()}")
@@ -152,9 +159,14 @@ def main() -> int:
             "httpTimeout": "2s", "nodeCacheCapable": True, "ignorable": False}], percentage_of_nodes_to_score=100)
         with_ext = run_pods(client, "tp-extender", a.pods)
         print(f"with extender:    {a.pods} pods bound in {with_ext:.1f} s = {a.pods / with_ext:.1f} pods/s", flush=True)
-        print(f"ratio with/without: {base / with_ext:.2f}")
-        with urllib.request.urlopen(f"{url}/metrics", context=ctx, timeout=5) as r:
-            metrics = r.read().decode()
+        metrics = _get(f"{url}/metrics", ctx)
+        # Bracket: the plain run again afterwards, so drift in machine load shows instead of hiding.
+        cluster.set_scheduler_config(extenders=None, percentage_of_nodes_to_score=100)
+        again = run_pods(client, "tp-plain-2", a.pods)
+        print(f"without extender (again): {a.pods} pods bound in {again:.1f} s = {a.pods / again:.1f} pods/s",
+              flush=True)
+        plain = (a.pods / base + a.pods / again) / 2
+        print(f"ratio with/without (mean of both plain runs): {a.pods / with_ext / plain:.2f}")
         for verb in ("filter", "prioritize"):
             count = re.search(rf'topodra_extender_request_duration_seconds_count{{verb="{verb}"}} (\S+)', metrics)
             total = re.search(rf'topodra_extender_request_duration_seconds_sum{{verb="{verb}"}} (\S+)', metrics)
