@@ -213,7 +213,9 @@ class Cache:
                 st.relists += 1
                 self.metrics.watch_restarts.labels(kind.name, "relist").inc()
                 self.log.info("watch_expired_relist", kind=kind.name)
-            except (TimeoutError, aiohttp.ClientError, ApiStatus, OSError, ValueError) as e:
+            except Exception as e:  # a watch must never die: log, back off, retry
+                if not isinstance(e, TimeoutError | aiohttp.ClientError | ApiStatus | OSError | ValueError):
+                    self.log.exception("watch_unexpected_error", kind=kind.name)
                 st.connected = False
                 if st.error_since is None:
                     st.error_since = time.monotonic()
@@ -244,7 +246,7 @@ class Cache:
             async with self._session.get(self.server + kind.path, params=q, headers=self._headers(),
                                          timeout=aiohttp.ClientTimeout(total=60)) as r:
                 body = await r.read()
-                if r.status == 410:
+                if r.status == 410 and cont:
                     cont = ""  # continue token expired: start the list again
                     items = []
                     continue

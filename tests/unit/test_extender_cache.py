@@ -196,3 +196,15 @@ def test_backoff_grows_and_is_capped() -> None:
     assert delays[0] <= 0.2 and max(delays) <= 10.0 and delays[-1] >= 5.0
     b.reset()
     assert b.next() <= 0.2
+
+
+def test_garbage_event_does_not_kill_the_watch() -> None:
+    fake = FakeApi()
+    fake.script = [events({"type": "ADDED", "object": "not an object"}, then_sleep=0),
+                   events({"type": "ADDED", "object": _node("z", "40")}, then_sleep=30)]
+
+    async def body(cache: Cache, idx: Index) -> None:
+        await _until(lambda: "z" in idx.nodes)
+        assert cache.synced
+
+    _run(fake, body)
