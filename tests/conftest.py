@@ -50,6 +50,9 @@ def namespace(cluster: LocalCluster) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": name}})
     try:
+        # Right after an apiserver restart the controller-manager can lag (its RBAC reads are refused
+        # until the new apiserver's caches fill); a pod created before the account exists is refused.
+        cluster.wait_default_service_account(name)
         yield name
     finally:
         # Pods on fake nodes never confirm termination: force them out so the namespace can go.

@@ -327,6 +327,10 @@ class LocalCluster:
         )))
 
     def _wait_default_service_account(self, timeout: float = 60) -> None:
+        self.wait_default_service_account("default", timeout)
+
+    def wait_default_service_account(self, namespace: str, timeout: float = 60) -> None:
+        """Pods are refused until the controller-manager has made the namespace's `default` account."""
         from kubernetes import client
         from kubernetes.client.rest import ApiException
 
@@ -334,12 +338,12 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                core.read_namespaced_service_account("default", "default")
+                core.read_namespaced_service_account("default", namespace)
                 return
             except ApiException:
                 if time.monotonic() > deadline:
                     raise ClusterError(
-                        "ServiceAccount default/default never appeared; see "
+                        f"ServiceAccount {namespace}/default never appeared; see "
                         f"{self.procs.log_path('kube-controller-manager')}"
                     ) from None
                 time.sleep(0.2)
