@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -260,15 +261,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=16)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--dir", type=Path, default=Path(f"/tmp/topodra/bench-{os.getpid()}"))
+    ap.add_argument("--keep", action="store_true", help="keep the cluster dir and logs (default: removed)")
     a = ap.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="topodra-bench-"))
 
     cluster = LocalCluster(a.dir)
     print(f"starting a local control plane in {a.dir} ...", flush=True)
     cluster.up(owner_pid=os.getpid())
+    finished = False
     results: dict[str, Any] = {"nodes": a.nodes, "devices_per_node": 16, "workers": a.workers, "runs": a.runs}
     try:
         client = KubeClient.load(str(cluster.kubeconfig), pool_size=max(16, a.workers))
-        work = Path(tempfile.mkdtemp(prefix="topodra-bench-"))
         prefix = "bench"
         f = work / "fleet.yaml"
         f.write_text(fleet_text(prefix, a.nodes))
@@ -326,8 +329,14 @@ def main(argv: list[str] | None = None) -> int:
         results["publish_slices_per_s"] = round(len(bodies) / results["publish_s"]["median"], 1)
         results["loadavg_end"] = _loadavg()
         results["cpus"] = os.cpu_count()
+        finished = True
     finally:
         cluster.down()
+        if a.keep or not finished:
+            print(f"kept: cluster dir {a.dir}, logs in {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(a.dir, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=2))
     if a.json:
         a.json.write_text(json.dumps(results, indent=2) + "\n")

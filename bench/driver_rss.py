@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settle", type=float, default=8.0, help="seconds to run after the first publish")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--dir", type=Path, default=Path(f"/tmp/topodra/bench-rss-{os.getpid()}"))
+    ap.add_argument("--keep", action="store_true", help="keep the cluster dir and logs (default: removed)")
     a = ap.parse_args(argv)
 
     exe = str(Path(sys.executable).with_name("topodra"))
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = LocalCluster(a.dir)
     print(f"starting a local control plane in {a.dir} ...", flush=True)
     cluster.up(owner_pid=os.getpid())
+    finished = False
     series: dict[str, list[tuple[float, float]]] = {}
     try:
         client = KubeClient.load(str(cluster.kubeconfig))
@@ -159,8 +161,14 @@ def main(argv: list[str] | None = None) -> int:
                 rss, hwm = measure(cmd, env, a.settle, ready, work / f"{name.replace('/', '-')}-{r}.log")
                 series.setdefault(name, []).append((rss, hwm))
                 print(f"run {r + 1}/{a.runs} {name}: rss {rss:.1f} MiB, peak {hwm:.1f} MiB", flush=True)
+        finished = True
     finally:
         cluster.down()
+        if a.keep or not finished:
+            print(f"kept: cluster dir {a.dir}, logs in {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(a.dir, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
     results: dict[str, Any] = {"runs": a.runs, "settle_s": a.settle}
     for name, vals in series.items():
         results[name] = {
