@@ -7,7 +7,7 @@ cache filled through the same event path the watches use; between calls one node
 (percentageOfNodesToScore: 100) with one of four pod shapes. A trivial handler (parse the JSON, pass every
 node) runs in the same server, so the figures separate the extender's work from HTTP+JSON costs.
 
-    .venv/bin/python bench/extender_latency.py [--sizes 1000,5000,10000] [--requests 200]
+    .venv/bin/python bench/extender_latency.py [--sizes 1000,5000,10000] [--requests 200] [--pattern random|first]
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ CLASSES = [
 ]
 
 
-def build(index: Index, n: int, rng: random.Random) -> list[str]:
+def build(index: Index, n: int, rng: random.Random, pattern: str = "random") -> list[str]:
     for dc in CLASSES:
         apply_event(index, "deviceclasses", "ADDED", dc)
     for t in (_template("pair", 1, 1, f"{STD}/pcieRoot"), _template("quad", 4, 4, f"{STD}/numaNode"),
@@ -99,7 +99,10 @@ def build(index: Index, n: int, rng: random.Random) -> list[str]:
         apply_event(index, "resourceslices", "ADDED", {"metadata": {"name": f"{name}-topodra.dev"}, "spec": {
             "driver": "topodra.dev", "nodeName": name, "pool": {"name": name, "generation": 1,
                                                                 "resourceSliceCount": 1}, "devices": devices}})
-        taken = [f"gpu-{g}" for g in rng.sample(range(8), 4)] + [f"nic-{k}" for k in rng.sample(range(8), 4)]
+        if pattern == "random":  # every node its own pattern: the worst case for the shared memo
+            taken = [f"gpu-{g}" for g in rng.sample(range(8), 4)] + [f"nic-{k}" for k in rng.sample(range(8), 4)]
+        else:  # the first free devices, as an allocator taking devices in order would leave them
+            taken = [f"gpu-{g}" for g in range(4)] + [f"nic-{k}" for k in range(4)]
         apply_event(index, "resourceclaims", "ADDED", {
             "metadata": {"namespace": "bench", "name": f"half-{name}", "uid": f"h-{i}"}, "spec": {},
             "status": {"allocation": {"devices": {"results": [
@@ -113,16 +116,19 @@ def build(index: Index, n: int, rng: random.Random) -> list[str]:
     return names
 
 
-def serve(n: int, port: int, cert: str, key: str, conn: Connection) -> None:
+def serve(n: int, port: int, cert: str, key: str, conn: Connection, pattern: str) -> None:
     rng = random.Random(n)
     gc.collect()
     before = rss_kib()
     t0 = time.perf_counter()
     index = Index(default_config())
-    names = build(index, n, rng)
+    names = build(index, n, rng, pattern)
     build_s = time.perf_counter() - t0
     gc.collect()
     mem = rss_kib() - before
+    # As `topodra extender` does once its cache is synced (scheduler_plugin/cli.py).
+    gc.set_threshold(50_000, 50, 100)
+    gc.freeze()
     metrics = Metrics()
     ext = Extender(default_config(), index, metrics)
     app = ext.app()
@@ -234,11 +240,11 @@ async def client(port: int, ca: str, names: list[str], requests: int) -> dict[st
     return out
 
 
-def run_size(n: int, requests: int, certs: tuple[str, str, str]) -> dict[str, Any]:
+def run_size(n: int, requests: int, certs: tuple[str, str, str], pattern: str) -> dict[str, Any]:
     ca, cert, key = certs
     port = free_port()
     parent, child = mp.Pipe()
-    proc = mp.get_context("fork").Process(target=serve, args=(n, port, cert, key, child), daemon=True)
+    proc = mp.get_context("fork").Process(target=serve, args=(n, port, cert, key, child, pattern), daemon=True)
     proc.start()
     try:
         info = parent.recv()
@@ -254,6 +260,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--sizes", default="1000,5000,10000")
     ap.add_argument("--requests", type=int, default=200, help="calls per verb and size")
+    ap.add_argument("--pattern", choices=("random", "first"), default="random",
+                    help="which half of each node is allocated: a random half per node (worst case) or the first")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="topodra-bench-") as d:
         ca = pki.make_ca(Path(d), "ca")
@@ -264,7 +272,7 @@ def main() -> int:
         print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         extra = []
         for n in (int(x) for x in a.sizes.split(",")):
-            res = run_size(n, a.requests, certs)
+            res = run_size(n, a.requests, certs, a.pattern)
             for path in ("/v1/filter", "/v1/prioritize", "/trivial/filter", "/trivial/prioritize"):
                 r = res[path]
                 label = path.replace("/v1/", "extender ").replace("/trivial/", "trivial ")

@@ -144,6 +144,10 @@ class Index:
         self.dom_ids: dict[tuple[str | None, ...], int] = {}
         self.dom_list: list[tuple[str | None, ...]] = []  # by domain-tuple id
         self.dom_of: dict[str, int] = {}  # node -> domain-tuple id
+        # node -> id of its (signature, domain-tuple) pair: scoring works per distinct pair
+        self.nk_ids: dict[tuple[int, int], int] = {}
+        self.nk_list: list[tuple[int, int]] = []
+        self.nk_of: dict[str, int] = {}
         self.req_ids: dict[Requirements, int] = {}
         self.memo: dict[int, FitTable] = {}
         self.class_match: dict[tuple[str, int], bool | None] = {}
@@ -366,6 +370,8 @@ class Index:
             # Churn leaves old signatures behind; start over rather than grow without bound.
             self.sigs.clear()
             self.sig_free.clear()
+            self.nk_ids.clear()
+            self.nk_list.clear()
             self.memo.clear()
             self.req_ids.clear()
             self.dirty.update(self.nodes)
@@ -416,6 +422,12 @@ class Index:
             did = self.dom_ids[st.domains] = len(self.dom_list)
             self.dom_list.append(st.domains)
         self.dom_of[name] = did
+        pair = (self.sig_of[name], did)
+        nk = self.nk_ids.get(pair)
+        if nk is None:
+            nk = self.nk_ids[pair] = len(self.nk_list)
+            self.nk_list.append(pair)
+        self.nk_of[name] = nk
         for i, (od, nd) in enumerate(zip(old_domains or (None,) * len(self.cfg.levels), st.domains, strict=True)):
             if od is not None:
                 self.domain_free[i][od] -= old_gpus
@@ -427,6 +439,7 @@ class Index:
             del self.nodes[name]
             self.sig_of.pop(name, None)
             self.dom_of.pop(name, None)
+            self.nk_of.pop(name, None)
 
     def _domains(self, st: NodeState, devices: Sequence[Device]) -> tuple[str | None, ...]:
         out: list[str | None] = []

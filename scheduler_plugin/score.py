@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from scheduler_plugin.claims import Requirements
 from scheduler_plugin.config import ExtenderConfig
 from scheduler_plugin.fit import Fit
-from scheduler_plugin.index import NO_DEVICES, Index
+from scheduler_plugin.index import NO_DEVICES, FitTable, Index, JobKey
 from scheduler_plugin.model import Pod
 from scheduler_plugin.wire import MAX_PRIORITY, MIN_PRIORITY
 
@@ -81,41 +81,67 @@ def run_prioritize(index: Index, cfg: ExtenderConfig, pod: Pod, req: Requirement
     use_align = req is not None and not req.empty and req.align != "none" and wa > 0
     table = index.fits(req) if use_align and req is not None else None
 
-    # Node -> (signature, domains) ids by C-level lookups; the scoring itself is per distinct id.
-    doms = list(map(index.dom_of.get, names))  # None: unknown node
-    uniq = [d for d in set(doms) if d is not None]
-    packing = packing_by_domain(uniq, index.dom_list, job, free, max_free, cfg)
+    if table is not None and req is not None and not table.shared:
+        return _prioritize_by_node(index, cfg, pod, req, table, names, job, free, max_free, now, job_key)
+    # Per node only C-level lookups (map, set); the scoring itself runs once per distinct
+    # (signature, domains) pair, so nodes of the same shape in the same rack cost one evaluation.
+    nks = list(map(index.nk_of.get, names))  # None: unknown node
+    pairs = index.nk_list
+    uniq = set(nks)
+    uniq.discard(None)
+    doms = list({pairs[k][1] for k in uniq if k is not None})
+    packing = packing_by_domain(doms, index.dom_list, job, free, max_free, cfg)
     # Among equals prefer one domain for every caller (TIE_EPSILON), folded into the packing term.
-    order = sorted(uniq, key=lambda d: tuple(x or "" for x in index.dom_list[d]))
+    order = sorted(doms, key=lambda d: tuple(x or "" for x in index.dom_list[d]))
     for i, d in enumerate(order):
         packing[d] += TIE_EPSILON * (1 - i / len(order))
-    packing[None] = 0.0
+    raw_of: dict[int | None, float] = {None: 0.0}
     if table is None or req is None:
-        raw = list(map(packing.__getitem__, doms))
-    elif table.shared:
-        sigs = list(map(index.sig_of.get, names))
-        align = table.align
-        for sig in set(sigs).difference(align):
-            c, w = ((0.0, 0.0) if sig is None or sig == NO_DEVICES
-                    else _align_term(index.fit_sig(req, sig, table), cfg))
-            align[sig] = (c, max(w + wp, 1e-12))
-        wpk = {d: wp * v for d, v in packing.items()}
-        raw = [(align[s][0] + wpk[d]) / align[s][1] for s, d in zip(sigs, doms, strict=True)]
+        for k in uniq:
+            assert k is not None
+            raw_of[k] = packing[pairs[k][1]]
     else:
-        raw = []
-        for n, dd in zip(names, doms, strict=True):
-            st = index.nodes.get(n)
-            c, w = (0.0, 0.0) if st is None else _align_term(index.fit(req, st, table), cfg)
-            raw.append((c + wp * packing[dd]) / max(w + wp, 1e-12))
-
-    scores = normalize(raw)
+        align = table.align
+        for k in uniq:
+            assert k is not None
+            sig, d = pairs[k]
+            a = align.get(sig)
+            if a is None:
+                c, w = (0.0, 0.0) if sig == NO_DEVICES else _align_term(index.fit_sig(req, sig, table), cfg)
+                a = align[sig] = (c, max(w + wp, 1e-12))
+            raw_of[k] = (a[0] + wp * packing[d]) / a[1]
+    score_of = normalize_map(raw_of)
+    scores = list(map(score_of.__getitem__, nks))
     if job_key is not None and scores:
         top = max(scores)
-        best = {d for sc, d in zip(scores, doms, strict=True) if sc == top}
+        best = {pairs[k][1] for k in uniq if k is not None and score_of[k] == top}
         # Only a guess kube-scheduler is bound to follow at domain level is worth remembering.
-        if len(best) == 1 and None not in best:
+        if len(best) == 1:
             index.hint(pod, names[scores.index(top)], now)
     return list(zip(names, scores, strict=True))
+
+
+def normalize_map(raw: dict[int | None, float]) -> dict[int | None, int]:
+    """`normalize` over the distinct values (unknown nodes, key None, always get the minimum)."""
+    keys = [k for k in raw if k is not None]
+    out: dict[int | None, int] = dict(zip(keys, normalize([raw[k] for k in keys]), strict=True))
+    out[None] = MIN_PRIORITY
+    return out
+
+
+def _prioritize_by_node(index: Index, cfg: ExtenderConfig, pod: Pod, req: Requirements, table: FitTable,
+                        names: tuple[str, ...], job: Sequence[Counter[str]], free: Sequence[Counter[str]],
+                        max_free: Sequence[int], now: float, job_key: JobKey | None) -> list[tuple[str, int]]:
+    """Selectors on per-device identity: every node is judged on its own devices (slow path)."""
+    wp = cfg.weights.packing
+    doms = [index.dom_of.get(n) for n in names]
+    packing = packing_by_domain([d for d in set(doms) if d is not None], index.dom_list, job, free, max_free, cfg)
+    raw = []
+    for n, d in zip(names, doms, strict=True):
+        st = index.nodes.get(n)
+        c, w = (0.0, 0.0) if st is None else _align_term(index.fit(req, st, table), cfg)
+        raw.append((c + wp * (packing[d] if d is not None else 0.0)) / max(w + wp, 1e-12))
+    return list(zip(names, normalize(raw), strict=True))
 
 
 def packing_by_domain(doms: Sequence[int], dom_list: Sequence[tuple[str | None, ...]], job: Sequence[Counter[str]],
