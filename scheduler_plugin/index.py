@@ -148,6 +148,7 @@ class Index:
         self.nk_ids: dict[tuple[int, int], int] = {}
         self.nk_list: list[tuple[int, int]] = []
         self.nk_of: dict[str, int] = {}
+        self._dom_rank: list[float] = []  # by domain-tuple id: place in name order, 0 (first) .. <1
         self.req_ids: dict[Requirements, int] = {}
         self.memo: dict[int, FitTable] = {}
         self.class_match: dict[tuple[str, int], bool | None] = {}
@@ -461,6 +462,16 @@ class Index:
                         break
             out.append(val)
         return tuple(out)
+
+    def dom_rank(self) -> list[float]:
+        """Each domain tuple's place in name order (0 first); recomputed only when new tuples appear."""
+        if len(self._dom_rank) != len(self.dom_list):
+            order = sorted(range(len(self.dom_list)), key=lambda i: tuple(x or "" for x in self.dom_list[i]))
+            rank = [0.0] * len(order)
+            for pos, i in enumerate(order):
+                rank[i] = pos / len(order)
+            self._dom_rank = rank
+        return self._dom_rank
 
     def profile(self, d: Device) -> Profile:
         reduced = tuple((q, v) for q, v in d.attrs if q.rpartition("/")[2] not in IDENTITY_ATTRS)

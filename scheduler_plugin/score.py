@@ -92,9 +92,9 @@ def run_prioritize(index: Index, cfg: ExtenderConfig, pod: Pod, req: Requirement
     doms = list({pairs[k][1] for k in uniq if k is not None})
     packing = packing_by_domain(doms, index.dom_list, job, free, max_free, cfg)
     # Among equals prefer one domain for every caller (TIE_EPSILON), folded into the packing term.
-    order = sorted(doms, key=lambda d: tuple(x or "" for x in index.dom_list[d]))
-    for i, d in enumerate(order):
-        packing[d] += TIE_EPSILON * (1 - i / len(order))
+    rank = index.dom_rank()
+    for d in doms:
+        packing[d] += TIE_EPSILON * (1 - rank[d])
     raw_of: dict[int | None, float] = {None: 0.0}
     if table is None or req is None:
         for k in uniq:
