@@ -1,8 +1,8 @@
 """`python -m driver ARGS` = `topodra driver ARGS`, without building the other components' command lines.
 
 `topodra` registers every sub-command before parsing, and the extender's and local cluster's modules
-import the `kubernetes` client and `cryptography` (~26 MiB resident) that the driver's publishing path
-never uses; this entry point loads only the driver's own flags.
+import `cryptography` and the cluster harness (~9 MiB resident) that the driver never uses; this entry
+point loads only the driver's own flags.
 """
 
 from __future__ import annotations

@@ -186,7 +186,7 @@ def test_rediscover_and_stop_are_prompt() -> None:
 
 def test_lean_entry_point_loads_no_heavy_clients() -> None:
     """`python -m driver` must stay lean: publishing never needs the kubernetes client, gRPC or cryptography
-    (docs/benchmarks-driver.md: 34 MiB RSS this way vs 61 MiB through `topodra`)."""
+    (docs/benchmarks-driver.md: 34.6 MiB RSS this way, 44 MiB through `topodra`)."""
     import subprocess
     import sys
 
