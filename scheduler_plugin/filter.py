@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import compress
+from operator import not_
 
 from scheduler_plugin.claims import Requirements, Unresolved, resolve
 from scheduler_plugin.config import ExtenderConfig
@@ -68,18 +69,25 @@ def _by_signature(index: Index, req: Requirements, table: FitTable, names: tuple
     sigs = list(map(index.sig_of.get, names))  # None: unknown node
     verdicts, ok = table.verdicts, table.ok_sigs
     for sig in set(sigs).difference(verdicts):
-        if sig is None or sig == NO_DEVICES:
-            verdicts[sig] = (NO_DEVICES_REASON, False)
+        v = verdicts[sig] = ((NO_DEVICES_REASON, False) if sig is None or sig == NO_DEVICES
+                             else _verdict(index.fit_sig(req, sig, table)))
+        if not v[0]:
+            ok.add(sig)
         else:
-            verdicts[sig] = _verdict(index.fit_sig(req, sig, table))
-            if not verdicts[sig][0]:
-                ok.add(sig)
-    out.passed = list(compress(names, map(ok.__contains__, sigs)))
+            table.reasons[sig] = v[0]
+            if v[1]:
+                table.short_sigs.add(sig)
+    flags = list(map(ok.__contains__, sigs))
+    out.passed = list(compress(names, flags))
     if len(out.passed) < len(names):
-        for n, s in zip(names, sigs, strict=True):
-            if s not in ok:
-                reason, short = verdicts[s]
-                (out.failed if short else out.unresolvable)[n] = reason
+        # Refused nodes, still without a Python-level loop per node: split by verdict kind, then zip.
+        refused = list(map(not_, flags))
+        r_names, r_sigs = list(compress(names, refused)), list(compress(sigs, refused))
+        short = list(map(table.short_sigs.__contains__, r_sigs))
+        reason = table.reasons.__getitem__
+        out.failed = dict(zip(compress(r_names, short), map(reason, compress(r_sigs, short)), strict=True))
+        other = list(map(not_, short))
+        out.unresolvable = dict(zip(compress(r_names, other), map(reason, compress(r_sigs, other)), strict=True))
 
 
 def _by_node(index: Index, req: Requirements, table: FitTable, names: tuple[str, ...], out: FilterOutcome) -> None:

@@ -85,6 +85,8 @@ class FitTable:
         # Per signature, derived once: the filter verdict (reason, shortfall?) and the alignment term.
         self.verdicts: dict[int | None, tuple[str, bool]] = {}
         self.ok_sigs: set[int | None] = set()
+        self.reasons: dict[int | None, str] = {}
+        self.short_sigs: set[int | None] = set()
         self.align: dict[int | None, tuple[float, float]] = {}
         self.by_shape: dict[tuple[int, ...], Fit] = {}
         self._proj: dict[int, int] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +144,28 @@ def test_extender_reports_ready_and_metrics(extender: ExtenderProcess) -> None:
     assert 'topodra_extender_requests_total{code="200",verb="filter"}' in text
     assert "topodra_extender_cache_synced 1.0" in text
     assert extender.get("/readyz")[0] == 200
+
+
+def test_printed_scheduler_config_is_valid_for_kube_scheduler(cluster: LocalCluster, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    from topodra_cli.localcluster import pki
+
+    ca = pki.make_ca(tmp_path, "ca")
+    exe = Path(sys.executable).with_name("topodra")
+    printed = subprocess.run([str(exe), "extender", "print-scheduler-config", "--url", "https://127.0.0.1:8443/v1",
+                              "--ca-file", str(ca.cert), "--kubeconfig", str(cluster.dir / "scheduler.kubeconfig")],
+                             capture_output=True, text=True, check=True).stdout
+    path = tmp_path / "sched.yaml"
+    path.write_text(printed)
+    # --write-config-to loads, defaults and validates the configuration, writes it and exits.
+    r = subprocess.run([str(cluster.bin_dir / "kube-scheduler"), "--config", str(path),
+                        "--write-config-to", str(tmp_path / "out.yaml")], capture_output=True, text=True,
+                       timeout=60, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ext = yaml.safe_load((tmp_path / "out.yaml").read_text())["extenders"][0]
+    assert ext["nodeCacheCapable"] is True and ext["enableHTTPS"] is True and ext["weight"] == 5
+    assert ext["tlsConfig"]["caFile"] == str(ca.cert) and ext["urlPrefix"] == "https://127.0.0.1:8443/v1"
