@@ -34,6 +34,10 @@ from scheduler_plugin.model import (
 
 RESOURCE = "/apis/resource.k8s.io/v1"
 PAGE = 500
+# The apiserver sends a bookmark about once a minute on a healthy watch; this much silence means the
+# connection is dead (network partition) even if no error came. Reconnecting resumes from the last
+# resourceVersion, so a false alarm costs one request.
+WATCH_SILENCE = 150.0
 
 
 @dataclass(frozen=True)
@@ -274,7 +278,7 @@ class Cache:
              "timeoutSeconds": str(timeout)}
         async with self._session.get(self.server + kind.path, params=q, headers=self._headers(),
                                      timeout=aiohttp.ClientTimeout(total=None, sock_connect=5,
-                                                                   sock_read=timeout + 30)) as r:
+                                                                   sock_read=WATCH_SILENCE)) as r:
             if r.status == 410:
                 raise Gone()
             if r.status >= 300:
