@@ -147,28 +147,28 @@ def _prioritize_by_node(index: Index, cfg: ExtenderConfig, pod: Pod, req: Requir
 def packing_by_domain(doms: Sequence[int], dom_list: Sequence[tuple[str | None, ...]], job: Sequence[Counter[str]],
                       free: Sequence[Counter[str]], max_free: Sequence[int],
                       cfg: ExtenderConfig) -> dict[int | None, float]:
-    """packing_quality for many domain tuples, computing each (level, domain) term once."""
+    """packing_quality for many domain tuples: each (level, domain) term is computed once."""
     w = cfg.weights
     total_w = sum(lv.weight for lv in cfg.levels)
     inner = w.same_job + w.keep_whole
     if total_w <= 0 or inner <= 0:
         return {d: 0.0 for d in doms}
-    terms: list[dict[str, float]] = [{} for _ in cfg.levels]
-    factors = [lv.weight / inner / total_w for lv in cfg.levels]
-    out: dict[int | None, float] = {}
-    for did in doms:
-        acc = 0.0
-        for i, d in enumerate(dom_list[did]):
-            if d is None:
-                continue
-            t = terms[i].get(d)
-            if t is None:
-                same = 1.0 if job[i].get(d, 0) > 0 else 0.0
-                whole = 1.0 - free[i].get(d, 0) / max_free[i] if max_free[i] > 0 else 0.0
-                t = terms[i][d] = factors[i] * (w.same_job * same + w.keep_whole * max(0.0, whole))
-            acc += t
-        out[did] = acc
-    return out
+    tuples = [dom_list[d] for d in doms]
+    terms: list[dict[str | None, float]] = []
+    sj, kw = w.same_job, w.keep_whole
+    for i, lv in enumerate(cfg.levels):
+        f = lv.weight / inner / total_w
+        jc, fc = job[i], free[i]
+        inv = 1.0 / max_free[i] if max_free[i] > 0 else 0.0
+        values = {v for t in tuples if (v := t[i]) is not None}
+        level: dict[str | None, float]
+        if inv:
+            level = {d: f * (sj * (jc.get(d, 0) > 0) + kw * max(0.0, 1.0 - fc.get(d, 0) * inv)) for d in values}
+        else:
+            level = {d: f * sj * (jc.get(d, 0) > 0) for d in values}
+        terms.append({**level, None: 0.0})
+    getters = [t.__getitem__ for t in terms]
+    return {d: sum(g(x) for g, x in zip(getters, t, strict=True)) for d, t in zip(doms, tuples, strict=True)}
 
 
 def _align_term(f: Fit, cfg: ExtenderConfig) -> tuple[float, float]:
