@@ -34,6 +34,7 @@ from scheduler_plugin.model import (
 
 RESOURCE = "/apis/resource.k8s.io/v1"
 PAGE = 500
+RECOMPUTE_SLICE = 500  # nodes recomputed between two chances for calls to run
 # The apiserver sends a bookmark about once a minute on a healthy watch; this much silence means the
 # connection is dead (network partition) even if no error came. Reconnecting resumes from the last
 # resourceVersion, so a false alarm costs one request.
@@ -265,6 +266,9 @@ class Cache:
                 break
             await asyncio.sleep(0)  # let requests in between pages
         self.index.replace(kind.name, items)
+        # Absorb the changes now, in slices, so that no extender call pays for a whole relist.
+        while self.index.recompute_some(RECOMPUTE_SLICE):
+            await asyncio.sleep(0)
         st.resource_version = rv
         st.synced = True
         self._contact(st)

@@ -384,6 +384,15 @@ class Index:
             self.dirty.clear()
             self.generation += 1
 
+    def recompute_some(self, limit: int) -> int:
+        """Recompute up to `limit` changed nodes; how many remain. Lets a relist of thousands of
+        objects be absorbed in slices between calls instead of inside one call."""
+        for _ in range(min(limit, len(self.dirty))):
+            self._recompute(self.dirty.pop())
+        if limit:
+            self.generation += 1
+        return len(self.dirty)
+
     def _node(self, name: str) -> NodeState:
         st = self.nodes.get(name)
         if st is None:

@@ -169,3 +169,12 @@ def test_single_feasible_node_reserves_devices_for_the_next_pod() -> None:
     _filter(idx, pod("p3", templates={"acc": "pair"}), ["a", "b"])
     idx.refresh(CFG.decision_ttl_seconds + 5)
     assert not idx.reservations
+
+
+def test_changes_are_absorbed_in_slices() -> None:
+    idx = make_index()
+    for n in ("a", "b", "c"):
+        add_node(idx, n, ALIGNED)
+    assert idx.recompute_some(2) == 1
+    assert idx.recompute_some(2) == 0
+    assert set(idx.sig_of) == {"a", "b", "c"}
