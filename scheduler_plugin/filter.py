@@ -47,6 +47,7 @@ def run_filter(index: Index, cfg: ExtenderConfig, pod: Pod, names: tuple[str, ..
         out.passed = list(names)
         return out
     table = index.fits(req)
+    out.notes = req.notes + table.notes
     if table.shared:
         _by_signature(index, req, table, names, out)
     else:

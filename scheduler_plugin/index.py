@@ -81,6 +81,7 @@ class FitTable:
 
     def __init__(self, req: Requirements, shared: bool) -> None:
         self.shared = shared
+        self.notes: tuple[str, ...] = ()
         self.by_sig: dict[int, Fit] = {}
         # Per signature, derived once: the filter verdict (reason, shortfall?) and the alignment term.
         self.verdicts: dict[int | None, tuple[str, bool]] = {}
@@ -571,7 +572,21 @@ class Index:
         table = self.memo.get(rid)
         if table is None:
             table = self.memo[rid] = FitTable(req, not self.exact(req))
+            table.notes = self._unjudged(req)
         return table
+
+    def _unjudged(self, req: Requirements) -> tuple[str, ...]:
+        """Selectors outside the CEL subset: devices are assumed to match them (never filtered on)."""
+        notes = []
+        for v in req.variants:
+            for n in v.needs:
+                dc = self.classes.get(n.class_name)
+                if dc is None and n.class_name:
+                    notes.append(f"DeviceClass {n.class_name} not in the cache")
+                for src in (*(dc.selectors if dc else ()), *n.selectors):
+                    if self.cel.compile(src) is None:
+                        notes.append(f"CEL not evaluated, assumed to match: {src[:120]}")
+        return tuple(dict.fromkeys(notes))
 
     def fit(self, req: Requirements, st: NodeState, table: FitTable) -> Fit:
         if not table.shared:

@@ -178,3 +178,12 @@ def test_changes_are_absorbed_in_slices() -> None:
     assert idx.recompute_some(2) == 1
     assert idx.recompute_some(2) == 0
     assert set(idx.sig_of) == {"a", "b", "c"}
+
+
+def test_unsupported_cel_is_reported() -> None:
+    idx = make_index()
+    add_node(idx, "a", UNALIGNED)
+    sel = 'device.attributes["topodra.dev"].productName.matches("H100")'
+    apply_event(idx, "resourceclaimtemplates", "ADDED", template("ml", "t", nics=0, gpu_selectors=[sel]))
+    out = _filter(idx, pod("p", templates={"acc": "t"}), ["a"])
+    assert any("CEL not evaluated" in n and "matches" in n for n in out.notes)
