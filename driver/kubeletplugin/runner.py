@@ -195,7 +195,9 @@ class KubeletPlugin:
             if self._stopping.is_set():
                 return
             if self._reg_server is not None:
-                self._reg_server.stop(0)
+                # A grace, not 0: the kubelet's Notify that triggered this retry may still be in flight
+                # (seen under load with a short retry), and it must get its answer, not CANCELLED.
+                self._reg_server.stop(1.0)
             self._reg_server = self._serve(self.paths.registration, [self.registration.handler()], 2)
 
     def _on_registration_status(self, ok: bool, error: str) -> None:
