@@ -7,6 +7,7 @@ FailedAndUnresolvableNodes, as the contract recommends.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import compress
 from operator import not_
@@ -68,17 +69,8 @@ def _by_signature(index: Index, req: Requirements, table: FitTable, names: tuple
                   out: FilterOutcome) -> None:
     """One verdict per distinct node signature; per node only C-level lookups (map, compress)."""
     sigs = list(map(index.sig_of.get, names))  # None: unknown node
-    verdicts, ok = table.verdicts, table.ok_sigs
-    for sig in set(sigs).difference(verdicts):
-        v = verdicts[sig] = ((NO_DEVICES_REASON, False) if sig is None or sig == NO_DEVICES
-                             else _verdict(index.fit_sig(req, sig, table)))
-        if not v[0]:
-            ok.add(sig)
-        else:
-            table.reasons[sig] = v[0]
-            if v[1]:
-                table.short_sigs.add(sig)
-    flags = list(map(ok.__contains__, sigs))
+    judge(index, req, table, sigs)
+    flags = list(map(table.ok_sigs.__contains__, sigs))
     out.passed = list(compress(names, flags))
     if len(out.passed) < len(names):
         # Refused nodes, still without a Python-level loop per node: split by verdict kind, then zip.
@@ -89,6 +81,20 @@ def _by_signature(index: Index, req: Requirements, table: FitTable, names: tuple
         out.failed = dict(zip(compress(r_names, short), map(reason, compress(r_sigs, short)), strict=True))
         other = list(map(not_, short))
         out.unresolvable = dict(zip(compress(r_names, other), map(reason, compress(r_sigs, other)), strict=True))
+
+
+def judge(index: Index, req: Requirements, table: FitTable, sigs: Iterable[int | None]) -> None:
+    """Fill the table's per-signature verdicts (ok_sigs, reasons, short_sigs) for these signatures."""
+    verdicts, ok = table.verdicts, table.ok_sigs
+    for sig in set(sigs).difference(verdicts):
+        v = verdicts[sig] = ((NO_DEVICES_REASON, False) if sig is None or sig == NO_DEVICES
+                             else _verdict(index.fit_sig(req, sig, table)))
+        if not v[0]:
+            ok.add(sig)
+        else:
+            table.reasons[sig] = v[0]
+            if v[1]:
+                table.short_sigs.add(sig)
 
 
 def _by_node(index: Index, req: Requirements, table: FitTable, names: tuple[str, ...], out: FilterOutcome) -> None:

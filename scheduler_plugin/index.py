@@ -40,6 +40,7 @@ _IDENTITY_RE = re.compile(r"\b(" + "|".join(sorted(IDENTITY_ATTRS)) + r")\b")
 JobKey = tuple[str, str]  # (namespace, "source=value")
 NO_DEVICES = -1  # signature id of nodes that publish no devices (or are unknown)
 MAX_SIGNATURES = 200_000
+CHANGE_LOG_LIMIT = 100_000  # recomputed node names kept for readers that patch per-node arrays
 
 
 @dataclass(slots=True)
@@ -159,6 +160,11 @@ class Index:
         self.domain_free: list[Counter[str]] = [Counter() for _ in cfg.levels]
         self.dirty: set[str] = set()
         self.generation = 0  # bumps on every change; scores cache on it
+        # Every recomputed node, in order, for readers that keep per-node arrays (scheduler_plugin.views):
+        # entry i has sequence number change_base + i. `epoch` bumps when signature ids are reused.
+        self.change_log: list[str] = []
+        self.change_base = 0
+        self.epoch = 0
         self._next_sweep = 0.0
 
     # ---- events ------------------------------------------------------------------------------
@@ -379,6 +385,7 @@ class Index:
             self.memo.clear()
             self.req_ids.clear()
             self.dirty.update(self.nodes)
+            self.epoch += 1
         if self.dirty:
             for name in self.dirty:
                 self._recompute(name)
@@ -404,6 +411,10 @@ class Index:
         st = self.nodes.get(name)
         if st is None:
             return
+        if len(self.change_log) >= CHANGE_LOG_LIMIT:
+            self.change_base += len(self.change_log)
+            self.change_log.clear()
+        self.change_log.append(name)
         old_domains, old_gpus = st.domains, st.free_gpus
         devices: list[Device] = []
         for sn in st.slices:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from operator import add
 
 from scheduler_plugin.claims import Requirements
 from scheduler_plugin.config import ExtenderConfig
@@ -107,8 +108,7 @@ def run_prioritize(index: Index, cfg: ExtenderConfig, pod: Pod, req: Requirement
             sig, d = pairs[k]
             a = align.get(sig)
             if a is None:
-                c, w = (0.0, 0.0) if sig == NO_DEVICES else _align_term(index.fit_sig(req, sig, table), cfg)
-                a = align[sig] = (c, max(w + wp, 1e-12))
+                a = align_of(index, cfg, req, table, sig)
             raw_of[k] = (a[0] + wp * packing[d]) / a[1]
     score_of = normalize_map(raw_of)
     scores = list(map(score_of.__getitem__, nks))
@@ -119,6 +119,15 @@ def run_prioritize(index: Index, cfg: ExtenderConfig, pod: Pod, req: Requirement
         if len(best) == 1:
             index.hint(pod, names[scores.index(top)], now)
     return list(zip(names, scores, strict=True))
+
+
+def align_of(index: Index, cfg: ExtenderConfig, req: Requirements, table: FitTable, sig: int) -> tuple[float, float]:
+    """(weighted alignment, weight of alignment + packing) of a node signature, memoised on the table."""
+    a = table.align.get(sig)
+    if a is None:
+        c, w = (0.0, 0.0) if sig == NO_DEVICES else _align_term(index.fit_sig(req, sig, table), cfg)
+        a = table.align[sig] = (c, max(w + cfg.weights.packing, 1e-12))
+    return a
 
 
 def normalize_map(raw: dict[int | None, float]) -> dict[int | None, int]:
@@ -154,21 +163,25 @@ def packing_by_domain(doms: Sequence[int], dom_list: Sequence[tuple[str | None, 
     if total_w <= 0 or inner <= 0:
         return {d: 0.0 for d in doms}
     tuples = [dom_list[d] for d in doms]
-    terms: list[dict[str | None, float]] = []
+    cols = list(zip(*tuples, strict=True)) if tuples else []  # per level: each tuple's domain at that level
+    acc: list[float] = [0.0] * len(doms)
     sj, kw = w.same_job, w.keep_whole
     for i, lv in enumerate(cfg.levels):
         f = lv.weight / inner / total_w
         jc, fc = job[i], free[i]
         inv = 1.0 / max_free[i] if max_free[i] > 0 else 0.0
-        values = {v for t in tuples if (v := t[i]) is not None}
+        col = cols[i] if i < len(cols) else ()
+        values = set(col)
+        values.discard(None)
         level: dict[str | None, float]
         if inv:
             level = {d: f * (sj * (jc.get(d, 0) > 0) + kw * max(0.0, 1.0 - fc.get(d, 0) * inv)) for d in values}
         else:
             level = {d: f * sj * (jc.get(d, 0) > 0) for d in values}
-        terms.append({**level, None: 0.0})
-    getters = [t.__getitem__ for t in terms]
-    return {d: sum(g(x) for g, x in zip(getters, t, strict=True)) for d, t in zip(doms, tuples, strict=True)}
+        level[None] = 0.0
+        # Summed level by level in the same order as before: the same floats, per level one C-level map.
+        acc = list(map(add, acc, map(level.__getitem__, col))) if i else list(map(level.__getitem__, col))
+    return dict(zip(doms, acc, strict=True))
 
 
 def _align_term(f: Fit, cfg: ExtenderConfig) -> tuple[float, float]:

@@ -18,10 +18,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from scheduler_plugin.cache import Cache
 from scheduler_plugin.config import ExtenderConfig
-from scheduler_plugin.filter import requirements_or_none, run_filter
+from scheduler_plugin.filter import requirements_or_none
 from scheduler_plugin.index import Index
 from scheduler_plugin.metrics import Metrics
-from scheduler_plugin.score import run_prioritize
+from scheduler_plugin.views import Views, filter_reply, prioritize_reply
 from scheduler_plugin.wire import BadRequest, filter_result, parse_args, priority_list
 
 MAX_BODY = 64 * 1024 * 1024  # full Node lists (without nodeCacheCapable) can be large
@@ -43,6 +43,7 @@ class Extender:
         self.metrics = metrics
         self.cache = cache
         self.clock = clock
+        self.views = Views()  # per node-list state for the verbs, patched as nodes change
         self.log = structlog.get_logger("topodra.extender")
         self._last_stale_warning = -STALE_WARN_EVERY
 
@@ -93,18 +94,18 @@ class Extender:
             self.metrics.errors.labels("not_synced").inc()
             return _json(filter_result([], {}, {}, "topodra: extender cache not synced yet; retry"))
         self._stale_check("filter")
-        out = run_filter(self.index, self.cfg, args.pod, args.node_names, self.clock())
+        out = filter_reply(self.index, self.cfg, args.pod, args.node_names, self.clock(), self.views)
         if out.error:
             self.metrics.errors.labels("unresolved_claim").inc()
             self.log.info("filter_error", pod=f"{args.pod.namespace}/{args.pod.name}", error=out.error)
         else:
             m = self.metrics.decisions
-            m.labels("passed").inc(len(out.passed))
-            m.labels("failed").inc(len(out.failed))
-            m.labels("unresolvable").inc(len(out.unresolvable))
+            m.labels("passed").inc(out.passed)
+            m.labels("failed").inc(out.failed)
+            m.labels("unresolvable").inc(out.unresolvable)
             if out.notes:
                 self.log.info("cannot_judge", pod=f"{args.pod.namespace}/{args.pod.name}", notes=list(out.notes))
-        return _json(filter_result(out.passed, out.failed, out.unresolvable, out.error))
+        return _json(out.body)
 
     async def prioritize(self, request: web.Request) -> web.StreamResponse:
         args = parse_args(await request.read())
@@ -112,8 +113,8 @@ class Extender:
             return _json(priority_list([(n, 0) for n in args.node_names]))
         self._stale_check("prioritize")
         req = requirements_or_none(self.index, self.cfg, args.pod)
-        scores = run_prioritize(self.index, self.cfg, args.pod, req, args.node_names, self.clock())
-        return _json(priority_list(scores))
+        return _json(prioritize_reply(self.index, self.cfg, args.pod, req, args.node_names, self.clock(),
+                                      self.views))
 
     async def healthz(self, _: web.Request) -> web.StreamResponse:
         return web.Response(text="ok")
