@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,10 @@ def test_stale_dir_from_killed_run_is_recovered(cluster: LocalCluster, tmp_path:
         old = {n: first.procs.pid(n) for n in first.procs.names()}
         # A killed run: the apiserver dies, the rest is orphaned; state and pid files stay behind.
         os.kill(old["kube-apiserver"] or 0, signal.SIGKILL)
+        # SIGKILL is delivered asynchronously: the test is about a dead run, so wait until it is dead.
+        deadline = time.monotonic() + 10
+        while pid_alive(old["kube-apiserver"] or 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
         second = LocalCluster(d)
         second.up(build=False)
         assert second.is_running()

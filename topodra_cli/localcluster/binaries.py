@@ -28,23 +28,34 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+def missing_in(directory: Path, names: tuple[str, ...]) -> list[str]:
+    return [n for n in names if not os.access(directory / n, os.X_OK)]
+
+
 def missing(version: str = K8S_VERSION) -> list[str]:
-    d = bin_dir(version)
-    return [c for c in COMPONENTS if not os.access(d / c, os.X_OK)]
+    return missing_in(bin_dir(version), COMPONENTS)
+
+
+def ensure_built(
+    what: str, directory: Path, names: tuple[str, ...], script: str, env: dict[str, str], build: bool = True
+) -> Path:
+    """Return `directory` once it holds every program in `names`, running hack/`script` if not."""
+    if not missing_in(directory, names):
+        return directory
+    path = repo_root() / "hack" / script
+    target = script.removeprefix("build-").removesuffix(".sh")
+    if not build or not path.exists():
+        raise ClusterError(
+            f"{what} binaries missing in {directory} ({', '.join(missing_in(directory, names))}); "
+            f"run `make {target}` (hack/{script}) from a topodra checkout"
+        )
+    rc = subprocess.call(["bash", str(path)], env=dict(os.environ, **env), stdout=2)  # progress on stderr
+    if rc != 0 or missing_in(directory, names):
+        raise ClusterError(f"building {what} failed (exit {rc}); logs in {directory.parent}/logs")
+    return directory
 
 
 def ensure_binaries(version: str = K8S_VERSION, build: bool = True) -> Path:
     """Return the bin dir, building what is missing with hack/build-k8s.sh (progress on stderr)."""
-    if not missing(version):
-        return bin_dir(version)
-    script = repo_root() / "hack" / "build-k8s.sh"
-    if not build or not script.exists():
-        raise ClusterError(
-            f"Kubernetes {version} binaries missing in {bin_dir(version)} ({', '.join(missing(version))}); "
-            "run `make k8s` (hack/build-k8s.sh) from a topodra checkout"
-        )
-    env = dict(os.environ, TOPODRA_K8S_VERSION=version)
-    rc = subprocess.call(["bash", str(script)], env=env, stdout=2)
-    if rc != 0 or missing(version):
-        raise ClusterError(f"building Kubernetes {version} failed (exit {rc}); logs in {bin_dir(version).parent}/logs")
-    return bin_dir(version)
+    return ensure_built(f"Kubernetes {version}", bin_dir(version), COMPONENTS, "build-k8s.sh",
+                        {"TOPODRA_K8S_VERSION": version}, build)

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from topodra_cli.localcluster import pki
-from topodra_cli.localcluster.binaries import cache_root, repo_root
+from topodra_cli.localcluster.binaries import cache_root, ensure_built
 from topodra_cli.localcluster.gates import GATES
 from topodra_cli.localcluster.images import BUSYBOX_IMAGE, PAUSE_IMAGE, build_images, find_busybox, import_images
 from topodra_cli.localcluster.kubeconfig import write_kubeconfig
@@ -77,21 +77,8 @@ def containerd_bin_dir(version: str = CONTAINERD_VERSION) -> Path:
 
 def ensure_containerd(version: str = CONTAINERD_VERSION, build: bool = True) -> Path:
     """The bin dir of the pinned containerd; built with hack/build-containerd.sh when missing."""
-    d = containerd_bin_dir(version)
-    missing = [b for b in CONTAINERD_BINARIES if not os.access(d / b, os.X_OK)]
-    if not missing:
-        return d
-    script = repo_root() / "hack" / "build-containerd.sh"
-    if not build or not script.exists():
-        raise ClusterError(
-            f"containerd {version} binaries missing in {d} ({', '.join(missing)}); "
-            "run `make containerd` (hack/build-containerd.sh) from a topodra checkout"
-        )
-    env = dict(os.environ, TOPODRA_CONTAINERD_VERSION=version)
-    rc = subprocess.call(["bash", str(script)], env=env, stdout=2)
-    if rc != 0 or any(not os.access(d / b, os.X_OK) for b in CONTAINERD_BINARIES):
-        raise ClusterError(f"building containerd {version} failed (exit {rc}); logs in {d.parent}/logs")
-    return d
+    return ensure_built(f"containerd {version}", containerd_bin_dir(version), CONTAINERD_BINARIES,
+                        "build-containerd.sh", {"TOPODRA_CONTAINERD_VERSION": version}, build)
 
 
 # ---- host checks -------------------------------------------------------------------------------
