@@ -125,9 +125,14 @@ def align_of(index: Index, cfg: ExtenderConfig, req: Requirements, table: FitTab
     """(weighted alignment, weight of alignment + packing) of a node signature, memoised on the table."""
     a = table.align.get(sig)
     if a is None:
-        c, w = (0.0, 0.0) if sig == NO_DEVICES else _align_term(index.fit_sig(req, sig, table), cfg)
-        a = table.align[sig] = (c, max(w + cfg.weights.packing, 1e-12))
+        a = table.align[sig] = (0.0, max(cfg.weights.packing, 1e-12)) if sig == NO_DEVICES else \
+            align_from_fit(cfg, index.fit_sig(req, sig, table))
     return a
+
+
+def align_from_fit(cfg: ExtenderConfig, f: Fit) -> tuple[float, float]:
+    c, w = _align_term(f, cfg)
+    return (c, max(w + cfg.weights.packing, 1e-12))
 
 
 def normalize_map(raw: dict[int | None, float]) -> dict[int | None, int]:

@@ -15,7 +15,7 @@ byte for byte (tests/unit/test_extender_views.py checks this after random change
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import compress, repeat
 from operator import eq, ne
@@ -25,9 +25,10 @@ import orjson
 from scheduler_plugin.claims import Requirements, Unresolved, resolve
 from scheduler_plugin.config import ExtenderConfig
 from scheduler_plugin.filter import claim_keys, judge, run_filter
-from scheduler_plugin.index import FitTable, Index
+from scheduler_plugin.fit import Fit
+from scheduler_plugin.index import NO_DEVICES, FitTable, Index
 from scheduler_plugin.model import Pod
-from scheduler_plugin.score import TIE_EPSILON, align_of, normalize_map, packing_by_domain, run_prioritize
+from scheduler_plugin.score import TIE_EPSILON, align_from_fit, normalize_map, packing_by_domain, run_prioritize
 from scheduler_plugin.wire import MAX_PRIORITY, MIN_PRIORITY, filter_result, priority_list
 
 MAX_VIEWS = 4  # distinct node lists kept
@@ -238,29 +239,41 @@ class PrioState:
         self.terms: list[tuple[float, float]] = []
         self._term_ids: dict[tuple[float, float], int] = {}
         self._aid: dict[int, int] = {}  # signature -> term id
+        self._fit_aid: dict[int, int] = {}  # id of a Fit (kept alive by the table) -> term id
+        self._no_devices = Fit(False)  # stands in for NO_DEVICES (alignment term (0, 0))
         self.group: list[int | None] = []
         self.count: Counter[int] = Counter()
         self.reply = ScoreReply()
         self.build(view, index, cfg, req, table)
 
-    def _key(self, index: Index, cfg: ExtenderConfig, req: Requirements, table: FitTable, sig: int | None,
-             dom: int | None) -> int | None:
-        if sig is None or dom is None:
-            return None
-        aid = self._aid.get(sig)
-        if aid is None:
-            a = align_of(index, cfg, req, table, sig)
-            aid = self._term_ids.get(a)
-            if aid is None:
-                aid = self._term_ids[a] = len(self.terms)
-                self.terms.append(a)
-            self._aid[sig] = aid
-        return aid * GROUP + dom
+    def _learn(self, index: Index, cfg: ExtenderConfig, req: Requirements, table: FitTable,
+               sigs: Iterable[int | None]) -> None:
+        """Term ids of new signatures. Signatures share Fit objects (one per node shape), so the
+        alignment term is derived once per Fit, and the per-signature work is C-level lookups."""
+        new = [s for s in set(sigs) if s is not None and s not in self._aid]
+        if not new:
+            return
+        by_sig = table.by_sig
+        for s in new:
+            if s != NO_DEVICES and s not in by_sig:
+                index.fit_sig(req, s, table)
+        fits = [self._no_devices if s == NO_DEVICES else by_sig[s] for s in new]
+        for f in {id(f): f for f in fits}.values():
+            if id(f) not in self._fit_aid:
+                a = (0.0, max(cfg.weights.packing, 1e-12)) if f is self._no_devices else align_from_fit(cfg, f)
+                aid = self._term_ids.get(a)
+                if aid is None:
+                    aid = self._term_ids[a] = len(self.terms)
+                    self.terms.append(a)
+                self._fit_aid[id(f)] = aid
+        self._aid.update(zip(new, map(self._fit_aid.__getitem__, map(id, fits)), strict=True))
 
     def build(self, view: NodeView, index: Index, cfg: ExtenderConfig, req: Requirements, table: FitTable) -> None:
         self.gen, self.at = view.gen, len(view.log)
-        key = self._key
-        self.group = [key(index, cfg, req, table, s, d) for s, d in zip(view.sig, view.dom, strict=True)]
+        self._learn(index, cfg, req, table, view.sig)
+        aid = self._aid
+        self.group = [None if s is None or d is None else aid[s] * GROUP + d for s, d in zip(view.sig, view.dom,
+                                                                                             strict=True)]
         self.count = Counter(g for g in self.group if g is not None)
 
     def sync(self, view: NodeView, index: Index, cfg: ExtenderConfig, req: Requirements, table: FitTable) -> None:
@@ -272,8 +285,10 @@ class PrioState:
         changed = set(view.log[self.at:])
         self.at = len(view.log)
         count = self.count
+        self._learn(index, cfg, req, table, [view.sig[p] for p in changed])
         for p in changed:
-            old, new = self.group[p], self._key(index, cfg, req, table, view.sig[p], view.dom[p])
+            s, d = view.sig[p], view.dom[p]
+            old, new = self.group[p], None if s is None or d is None else self._aid[s] * GROUP + d
             if old == new:
                 continue
             if old is not None:

@@ -57,6 +57,7 @@ _op = st.one_of(
     st.tuples(st.just("alloc"), st.integers(0, NODES - 1), st.sampled_from(["gpu", "nic"]), st.integers(0, 7)),
     st.tuples(st.just("delnode"), st.integers(0, NODES - 1)),
     st.tuples(st.just("addnode"), st.integers(0, NODES - 1)),
+    st.tuples(st.just("delslice"), st.integers(0, NODES - 1)),  # a node that publishes no devices
     st.tuples(st.just("jobpod"), st.integers(0, NODES - 1), st.booleans()),
     st.tuples(st.just("call"), st.sampled_from(["filter", "prioritize"]), st.integers(0, len(SHAPES) - 1),
               st.sampled_from([0, 0, 0, 1, 1, 2, 3]), st.booleans()),
@@ -94,6 +95,8 @@ class Pair:
                 self.apply("resourceclaims", "ADDED", claim("ml", name, {}, [(f"n{i}", f"{kind}-{d}")]))
         elif op[0] == "delnode":
             self.apply("nodes", "DELETED", node_obj(f"n{op[1]}"))
+            self.apply("resourceslices", "DELETED", slice_obj(f"n{op[1]}", []))
+        elif op[0] == "delslice":
             self.apply("resourceslices", "DELETED", slice_obj(f"n{op[1]}", []))
         elif op[0] == "addnode":
             for e in _node_events(op[1]):
@@ -189,8 +192,10 @@ def test_long_random_run_patches_incrementally() -> None:
                   rng.choice([0, 0, 0, 1, 2, 3]), rng.random() < 0.5))
         elif r < 0.85:
             w.op(("alloc", rng.randrange(NODES), rng.choice(["gpu", "nic"]), rng.randrange(8)))
-        elif r < 0.9:
+        elif r < 0.88:
             w.op(("delnode", rng.randrange(NODES)))
+        elif r < 0.9:
+            w.op(("delslice", rng.randrange(NODES)))
         elif r < 0.95:
             w.op(("addnode", rng.randrange(NODES)))
         else:
