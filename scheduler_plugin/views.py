@@ -33,7 +33,7 @@ from scheduler_plugin.wire import MAX_PRIORITY, MIN_PRIORITY, filter_result, pri
 
 MAX_VIEWS = 4  # distinct node lists kept
 MAX_SEEN = 8  # fingerprints of lists seen once (a view is made on the second sighting)
-MAX_STATES = 16  # per view: pod requirements kept (filter and prioritize each)
+MAX_STATES = 8  # per view: pod requirements kept (filter and prioritize each); bounds memory
 GROUP = 1 << 32  # prioritize group key: alignment-term id * GROUP + domain-tuple id
 
 PASSED, FAILED, UNRESOLVABLE = 0, 1, 2
