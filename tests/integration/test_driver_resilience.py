@@ -160,19 +160,3 @@ def test_in_process_periodic_rediscovery(cluster: Any, tmp_path: Path) -> None:
         app.stop()
         t.join(10)
     assert not t.is_alive()
-
-
-def test_missing_plugin_module_is_a_clear_error(cluster: Any, tmp_path: Path) -> None:
-    pytest.importorskip("driver")  # the plugin may exist by now; then this test checks nothing
-    try:
-        import driver.kubeletplugin.runner  # noqa: F401
-    except ModuleNotFoundError:
-        pass
-    else:
-        pytest.skip("driver.kubeletplugin.runner exists")
-    _, node, f = _setup(cluster, tmp_path)
-    args = ["--node-name", node, "--kubeconfig", str(cluster.kubeconfig), "--topology", str(f)]
-    with DriverProcess(args, tmp_path / "driver.log") as drv:
-        drv.proc.wait(30)
-        assert drv.proc.returncode == 2
-        assert "--no-kubelet-plugin" in drv.log()
