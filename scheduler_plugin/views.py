@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import compress, repeat
-from operator import eq, ne
+from operator import add, attrgetter, eq, mul, ne
 
 import orjson
 
@@ -37,6 +37,9 @@ MAX_STATES = 8  # per view: pod requirements kept (filter and prioritize each); 
 GROUP = 1 << 32  # prioritize group key: alignment-term id * GROUP + domain-tuple id
 
 PASSED, FAILED, UNRESOLVABLE = 0, 1, 2
+# What of a Fit the alignment term depends on, in Fit's field order; nodes without devices have their own.
+_TERM_KEY = attrgetter("ok", "pairs_needed", "pairs_pcie", "pairs_numa")
+_NO_DEVICES_KEY = (False, -1, 0, 0)
 _SCORE_TAIL = {s: f"{s}}}".encode() for s in range(MIN_PRIORITY, MAX_PRIORITY + 1)}
 
 
@@ -51,6 +54,7 @@ class NodeView:
         self.filter_states: dict[FitTable, FilterState] = {}
         self.prio_states: dict[FitTable, PrioState] = {}
         self.packing_reply = ScoreReply()  # pods without alignment scoring
+        self.last_reply: ScoreReply | None = None
         self.zero_body: bytes | None = None
         self.gen = 0
         self.sig: list[int | None] = []
@@ -143,6 +147,10 @@ class ScoreReply:
     def body_for(self, view: NodeView, scores: list[int]) -> bytes:
         """`priority_list(zip(view.names, scores))`."""
         prefix = view.host_prefix()
+        if len(self.scores) != len(scores) and view.last_reply is not None and view.last_reply is not self:
+            # A new kind of pod: start from the reply last sent for this list, patch where scores differ.
+            self.scores, self.parts, self.body = list(view.last_reply.scores), list(view.last_reply.parts), None
+        view.last_reply = self
         if len(self.scores) != len(scores):
             self.parts = list(map(bytes.__add__, prefix, map(_SCORE_TAIL.__getitem__, scores)))
             self.body = None
@@ -239,8 +247,7 @@ class PrioState:
         self.terms: list[tuple[float, float]] = []
         self._term_ids: dict[tuple[float, float], int] = {}
         self._aid: dict[int, int] = {}  # signature -> term id
-        self._fit_aid: dict[int, int] = {}  # id of a Fit (kept alive by the table) -> term id
-        self._no_devices = Fit(False)  # stands in for NO_DEVICES (alignment term (0, 0))
+        self._key_aid: dict[tuple[bool, int, int, int], int] = {}  # _TERM_KEY of a Fit -> term id
         self.group: list[int | None] = []
         self.count: Counter[int] = Counter()
         self.reply = ScoreReply()
@@ -248,33 +255,47 @@ class PrioState:
 
     def _learn(self, index: Index, cfg: ExtenderConfig, req: Requirements, table: FitTable,
                sigs: Iterable[int | None]) -> None:
-        """Term ids of new signatures. Signatures share Fit objects (one per node shape), so the
-        alignment term is derived once per Fit, and the per-signature work is C-level lookups."""
-        new = [s for s in set(sigs) if s is not None and s not in self._aid]
+        """Term ids of new signatures. The alignment term depends only on a Fit's (ok, pairs needed,
+        pairs on a PCIe root, pairs on a NUMA node), a handful of distinct values: it is derived once per
+        value, and the per-signature work is C-level lookups."""
+        fresh = set(sigs).difference(self._aid)
+        fresh.discard(None)
+        new: list[int] = list(fresh)  # type: ignore[arg-type]
         if not new:
             return
         by_sig = table.by_sig
-        for s in new:
-            if s != NO_DEVICES and s not in by_sig:
+        for s in set(new).difference(by_sig):
+            if s != NO_DEVICES:
                 index.fit_sig(req, s, table)
-        fits = [self._no_devices if s == NO_DEVICES else by_sig[s] for s in new]
-        for f in {id(f): f for f in fits}.values():
-            if id(f) not in self._fit_aid:
-                a = (0.0, max(cfg.weights.packing, 1e-12)) if f is self._no_devices else align_from_fit(cfg, f)
-                aid = self._term_ids.get(a)
-                if aid is None:
-                    aid = self._term_ids[a] = len(self.terms)
-                    self.terms.append(a)
-                self._fit_aid[id(f)] = aid
-        self._aid.update(zip(new, map(self._fit_aid.__getitem__, map(id, fits)), strict=True))
+        if NO_DEVICES in new:
+            new.remove(NO_DEVICES)
+            new.append(NO_DEVICES)  # last, so that the C-level map below sees real signatures only
+            keys = [*map(_TERM_KEY, map(by_sig.__getitem__, new[:-1])), _NO_DEVICES_KEY]
+        else:
+            keys = list(map(_TERM_KEY, map(by_sig.__getitem__, new)))
+        for k in set(keys).difference(self._key_aid):
+            ok, needed, pcie, numa = k
+            a = (0.0, max(cfg.weights.packing, 1e-12)) if k == _NO_DEVICES_KEY else \
+                align_from_fit(cfg, Fit(ok, "", needed, pcie, numa))
+            aid = self._term_ids.get(a)
+            if aid is None:
+                aid = self._term_ids[a] = len(self.terms)
+                self.terms.append(a)
+            self._key_aid[k] = aid
+        self._aid.update(zip(new, map(self._key_aid.__getitem__, keys), strict=True))
 
     def build(self, view: NodeView, index: Index, cfg: ExtenderConfig, req: Requirements, table: FitTable) -> None:
         self.gen, self.at = view.gen, len(view.log)
         self._learn(index, cfg, req, table, view.sig)
         aid = self._aid
-        self.group = [None if s is None or d is None else aid[s] * GROUP + d for s, d in zip(view.sig, view.dom,
-                                                                                             strict=True)]
-        self.count = Counter(g for g in self.group if g is not None)
+        if None in view.sig:
+            self.group = [None if s is None or d is None else aid[s] * GROUP + d
+                          for s, d in zip(view.sig, view.dom, strict=True)]
+        else:  # every node known (then every domain tuple too): C-level maps
+            self.group = list(map(add, map(mul, map(aid.__getitem__, view.sig), repeat(GROUP)),  # type: ignore[arg-type]
+                                  view.dom))
+        self.count = Counter(self.group)  # type: ignore[arg-type]
+        self.count.pop(None, None)  # type: ignore[call-overload]
 
     def sync(self, view: NodeView, index: Index, cfg: ExtenderConfig, req: Requirements, table: FitTable) -> None:
         if self.gen != view.gen:
