@@ -15,10 +15,10 @@ byte for byte (tests/unit/test_extender_views.py checks this after random change
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import compress, repeat
-from operator import add, attrgetter, eq, mul, ne
+from operator import add, eq, mul, ne
 
 import orjson
 
@@ -37,9 +37,6 @@ MAX_STATES = 8  # per view: pod requirements kept (filter and prioritize each); 
 GROUP = 1 << 32  # prioritize group key: alignment-term id * GROUP + domain-tuple id
 
 PASSED, FAILED, UNRESOLVABLE = 0, 1, 2
-# What of a Fit the alignment term depends on, in Fit's field order; nodes without devices have their own.
-_TERM_KEY = attrgetter("ok", "pairs_needed", "pairs_pcie", "pairs_numa")
-_NO_DEVICES_KEY = (False, -1, 0, 0)
 _SCORE_TAIL = {s: f"{s}}}".encode() for s in range(MIN_PRIORITY, MAX_PRIORITY + 1)}
 
 
@@ -238,7 +235,10 @@ class FilterState:
 
 class PrioState:
     """Per position of a view: the node's scoring group (alignment term, domain tuple) for one set of
-    requirements; nodes in one group get one raw score, computed once per call."""
+    requirements; nodes in one group get one raw score, computed once per call.
+
+    The alignment term is derived once per Fit (nodes of one shape share a Fit object, held by the
+    table), so building a state is C-level lookups per node: signature -> Fit -> term id."""
 
     def __init__(self, view: NodeView, index: Index, cfg: ExtenderConfig, req: Requirements,
                  table: FitTable) -> None:
@@ -246,54 +246,49 @@ class PrioState:
         self.at = 0
         self.terms: list[tuple[float, float]] = []
         self._term_ids: dict[tuple[float, float], int] = {}
-        self._aid: dict[int, int] = {}  # signature -> term id
-        self._key_aid: dict[tuple[bool, int, int, int], int] = {}  # _TERM_KEY of a Fit -> term id
+        self._fit_aid: dict[int, int] = {}  # id of a Fit (kept alive by the table, or _no_devices) -> term id
+        self._no_devices = Fit(False)  # stands in for NO_DEVICES, whose alignment term is (0, 0)
         self.group: list[int | None] = []
         self.count: Counter[int] = Counter()
         self.reply = ScoreReply()
         self.build(view, index, cfg, req, table)
 
-    def _learn(self, index: Index, cfg: ExtenderConfig, req: Requirements, table: FitTable,
-               sigs: Iterable[int | None]) -> None:
-        """Term ids of new signatures. The alignment term depends only on a Fit's (ok, pairs needed,
-        pairs on a PCIe root, pairs on a NUMA node), a handful of distinct values: it is derived once per
-        value, and the per-signature work is C-level lookups."""
-        fresh = set(sigs).difference(self._aid)
-        fresh.discard(None)
-        new: list[int] = list(fresh)  # type: ignore[arg-type]
-        if not new:
-            return
-        by_sig = table.by_sig
-        for s in set(new).difference(by_sig):
-            if s != NO_DEVICES:
-                index.fit_sig(req, s, table)
-        if NO_DEVICES in new:
-            new.remove(NO_DEVICES)
-            new.append(NO_DEVICES)  # last, so that the C-level map below sees real signatures only
-            keys = [*map(_TERM_KEY, map(by_sig.__getitem__, new[:-1])), _NO_DEVICES_KEY]
-        else:
-            keys = list(map(_TERM_KEY, map(by_sig.__getitem__, new)))
-        for k in set(keys).difference(self._key_aid):
-            ok, needed, pcie, numa = k
-            a = (0.0, max(cfg.weights.packing, 1e-12)) if k == _NO_DEVICES_KEY else \
-                align_from_fit(cfg, Fit(ok, "", needed, pcie, numa))
+    def _aid(self, cfg: ExtenderConfig, f: Fit) -> int:
+        aid = self._fit_aid.get(id(f))
+        if aid is None:
+            a = (0.0, max(cfg.weights.packing, 1e-12)) if f is self._no_devices else align_from_fit(cfg, f)
             aid = self._term_ids.get(a)
             if aid is None:
                 aid = self._term_ids[a] = len(self.terms)
                 self.terms.append(a)
-            self._key_aid[k] = aid
-        self._aid.update(zip(new, map(self._key_aid.__getitem__, keys), strict=True))
+            self._fit_aid[id(f)] = aid
+        return aid
+
+    def _group(self, index: Index, cfg: ExtenderConfig, req: Requirements, table: FitTable, sig: int | None,
+               dom: int | None) -> int | None:
+        if sig is None or dom is None:
+            return None
+        f = self._no_devices if sig == NO_DEVICES else index.fit_sig(req, sig, table)
+        return self._aid(cfg, f) * GROUP + dom
 
     def build(self, view: NodeView, index: Index, cfg: ExtenderConfig, req: Requirements, table: FitTable) -> None:
         self.gen, self.at = view.gen, len(view.log)
-        self._learn(index, cfg, req, table, view.sig)
-        aid = self._aid
-        if None in view.sig:
-            self.group = [None if s is None or d is None else aid[s] * GROUP + d
-                          for s, d in zip(view.sig, view.dom, strict=True)]
-        else:  # every node known (then every domain tuple too): C-level maps
-            self.group = list(map(add, map(mul, map(aid.__getitem__, view.sig), repeat(GROUP)),  # type: ignore[arg-type]
-                                  view.dom))
+        by_sig = table.by_sig
+        for s in set(view.sig).difference(by_sig):
+            if s is not None and s != NO_DEVICES:
+                index.fit_sig(req, s, table)
+        if None in view.sig or NO_DEVICES in view.sig:
+            self.group = [self._group(index, cfg, req, table, s, d) for s, d in zip(view.sig, view.dom, strict=True)]
+        else:  # every node known and publishing devices: C-level maps, signature -> Fit -> term id
+            fits = list(map(by_sig.__getitem__, view.sig))  # type: ignore[arg-type]
+            ids = list(map(id, fits))
+            missing = set(ids).difference(self._fit_aid)
+            if missing:
+                fit_of = dict(zip(ids, fits, strict=True))
+                for i in missing:
+                    self._aid(cfg, fit_of[i])
+            aids = map(self._fit_aid.__getitem__, ids)
+            self.group = list(map(add, map(mul, aids, repeat(GROUP)), view.dom))
         self.count = Counter(self.group)  # type: ignore[arg-type]
         self.count.pop(None, None)  # type: ignore[call-overload]
 
@@ -306,10 +301,8 @@ class PrioState:
         changed = set(view.log[self.at:])
         self.at = len(view.log)
         count = self.count
-        self._learn(index, cfg, req, table, [view.sig[p] for p in changed])
         for p in changed:
-            s, d = view.sig[p], view.dom[p]
-            old, new = self.group[p], None if s is None or d is None else self._aid[s] * GROUP + d
+            old, new = self.group[p], self._group(index, cfg, req, table, view.sig[p], view.dom[p])
             if old == new:
                 continue
             if old is not None:
