@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import compress, repeat
+from itertools import compress, islice, repeat
 from operator import add, eq, mul, ne
 
 import orjson
@@ -248,6 +248,7 @@ class PrioState:
         self._term_ids: dict[tuple[float, float], int] = {}
         self._fit_aid: dict[int, int] = {}  # id of a Fit (kept alive by the table, or _no_devices) -> term id
         self._no_devices = Fit(False)  # stands in for NO_DEVICES, whose alignment term is (0, 0)
+        self._shapes = 0  # table.by_shape values already learnt (by_shape only grows)
         self.group: list[int | None] = []
         self.count: Counter[int] = Counter()
         self.reply = ScoreReply()
@@ -280,15 +281,16 @@ class PrioState:
         if None in view.sig or NO_DEVICES in view.sig:
             self.group = [self._group(index, cfg, req, table, s, d) for s, d in zip(view.sig, view.dom, strict=True)]
         else:  # every node known and publishing devices: C-level maps, signature -> Fit -> term id
-            fits = list(map(by_sig.__getitem__, view.sig))  # type: ignore[arg-type]
-            ids = list(map(id, fits))
-            missing = set(ids).difference(self._fit_aid)
-            if missing:
-                fit_of = dict(zip(ids, fits, strict=True))
-                for i in missing:
-                    self._aid(cfg, fit_of[i])
-            aids = map(self._fit_aid.__getitem__, ids)
-            self.group = list(map(add, map(mul, aids, repeat(GROUP)), view.dom))
+            # Every Fit of a shared table is one of its by_shape values (a few hundred): learn those.
+            for f in islice(table.by_shape.values(), self._shapes, None):
+                self._aid(cfg, f)
+            self._shapes = len(table.by_shape)
+            aids = map(self._fit_aid.__getitem__, map(id, map(by_sig.__getitem__, view.sig)))  # type: ignore[arg-type]
+            try:
+                self.group = list(map(add, map(mul, aids, repeat(GROUP)), view.dom))
+            except KeyError:  # a Fit not among by_shape's values: take the per-node way
+                self.group = [self._group(index, cfg, req, table, s, d)
+                              for s, d in zip(view.sig, view.dom, strict=True)]
         self.count = Counter(self.group)  # type: ignore[arg-type]
         self.count.pop(None, None)  # type: ignore[call-overload]
 
