@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import compress, islice, repeat
-from operator import add, eq, mul, ne
+from operator import add, eq, mul
 
 import orjson
 
@@ -47,11 +47,9 @@ class NodeView:
         self.names = names
         self.pos = dict(zip(names, range(len(names)), strict=True))
         self.name_json: list[bytes] = list(map(orjson.dumps, names))
-        self._host_prefix: list[bytes] | None = None
+        self._pieces: list[bytes] | None = None  # per node '{"Host":"name","Score":' then its score's '7}'
         self.filter_states: dict[FitTable, FilterState] = {}
         self.prio_states: dict[FitTable, PrioState] = {}
-        self.packing_reply = ScoreReply()  # pods without alignment scoring
-        self.last_reply: ScoreReply | None = None
         self.zero_body: bytes | None = None
         self.gen = 0
         self.sig: list[int | None] = []
@@ -121,45 +119,21 @@ class NodeView:
             st.sync(self, index, cfg, req, table)
         return st
 
-    def host_prefix(self) -> list[bytes]:
-        if self._host_prefix is None:
-            self._host_prefix = list(map(b'{"Host":'.__add__, map(bytes.__add__, self.name_json,
-                                                                  repeat(b',"Score":'))))
-        return self._host_prefix
+    def priority_body(self, scores: Sequence[int]) -> bytes:
+        """`priority_list(zip(names, scores))`: prebuilt per-node pieces interleaved with one shared piece
+        per score value, so a reply allocates no per-node bytes: one slice assignment and one join."""
+        if self._pieces is None:
+            heads = map(bytes.__add__, map(b'{"Host":'.__add__, self.name_json), repeat(b',"Score":'))
+            pieces: list[bytes] = [b""] * (2 * len(self.names))
+            pieces[0::2] = [b"[" + h if i == 0 else b"," + h for i, h in enumerate(heads)]
+            self._pieces = pieces
+        self._pieces[1::2] = map(_SCORE_TAIL.__getitem__, scores)
+        return b"".join(self._pieces) + b"]"
 
     def zero(self) -> bytes:
         if self.zero_body is None:
             self.zero_body = priority_list([(n, MIN_PRIORITY) for n in self.names])
         return self.zero_body
-
-
-class ScoreReply:
-    """The prioritize reply for one view and one kind of pod, patched where scores changed since last time."""
-
-    def __init__(self) -> None:
-        self.scores: list[int] = []  # the scores `parts` spell
-        self.parts: list[bytes] = []
-        self.body: bytes | None = None
-
-    def body_for(self, view: NodeView, scores: list[int]) -> bytes:
-        """`priority_list(zip(view.names, scores))`."""
-        prefix = view.host_prefix()
-        if len(self.scores) != len(scores) and view.last_reply is not None and view.last_reply is not self:
-            # A new kind of pod: start from the reply last sent for this list, patch where scores differ.
-            self.scores, self.parts, self.body = list(view.last_reply.scores), list(view.last_reply.parts), None
-        view.last_reply = self
-        if len(self.scores) != len(scores):
-            self.parts = list(map(bytes.__add__, prefix, map(_SCORE_TAIL.__getitem__, scores)))
-            self.body = None
-        else:
-            parts = self.parts
-            for p in compress(range(len(scores)), map(ne, scores, self.scores)):
-                parts[p] = prefix[p] + _SCORE_TAIL[scores[p]]
-                self.body = None
-        self.scores = scores
-        if self.body is None:
-            self.body = b"[" + b",".join(self.parts) + b"]"
-        return self.body
 
 
 class FilterState:
@@ -251,7 +225,6 @@ class PrioState:
         self._shapes = 0  # table.by_shape values already learnt (by_shape only grows)
         self.group: list[int | None] = []
         self.count: Counter[int] = Counter()
-        self.reply = ScoreReply()
         self.build(view, index, cfg, req, table)
 
     def _aid(self, cfg: ExtenderConfig, f: Fit) -> int:
@@ -408,11 +381,11 @@ def prioritize_reply(index: Index, cfg: ExtenderConfig, pod: Pod, req: Requireme
     keys: Sequence[int | None]
     raw_of: dict[int | None, float]
     if table is None or req is None:
-        keys, reply = view.dom, view.packing_reply
+        keys = view.dom
         raw_of = {d: packing[d] for d in doms}
     else:
         st = view.prio_state(index, cfg, req, table)
-        keys, terms, wp, reply = st.group, st.terms, cfg.weights.packing, st.reply
+        keys, terms, wp = st.group, st.terms, cfg.weights.packing
         raw_of = {}
         for g in st.count:
             a = terms[g // GROUP]
@@ -426,4 +399,4 @@ def prioritize_reply(index: Index, cfg: ExtenderConfig, pod: Pod, req: Requireme
         # Only a guess kube-scheduler is bound to follow at domain level is worth remembering.
         if len(best) == 1:
             index.hint(pod, names[scores.index(top)], now)
-    return reply.body_for(view, scores)
+    return view.priority_body(scores)
