@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import gc
 import multiprocessing as mp
+import os
 import random
 import ssl
 import sys
@@ -272,7 +273,9 @@ def main() -> int:
         print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         extra = []
         for n in (int(x) for x in a.sizes.split(",")):
+            load_before = os.getloadavg()[0]
             res = run_size(n, a.requests, certs, a.pattern)
+            load = f"load average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
             for path in ("/v1/filter", "/v1/prioritize", "/trivial/filter", "/trivial/prioritize"):
                 r = res[path]
                 label = path.replace("/v1/", "extender ").replace("/trivial/", "trivial ")
@@ -284,7 +287,7 @@ def main() -> int:
             mib = info["rss_kib"] / 1024
             extra.append(f"- {n:,} nodes: cache built in {info['build_s']:.1f} s, cache RSS {mib:.0f} MiB, "
                          f"{info['sizes']['signatures']} node shapes, {info['sizes']['profiles']} device profiles; "
-                         f"first filter per pod shape (memo cold): {firsts} ms")
+                         f"first filter per pod shape (memo cold): {firsts} ms; {load}")
         print()
         print("\n".join(extra))
     return 0
