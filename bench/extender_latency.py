@@ -4,8 +4,10 @@ Each node has 8 GPUs + 8 NICs (4 PCIe roots, 2 NUMA nodes), half of each allocat
 per node (the worst case for the extender's per-shape memo). The server runs in its own process with the
 cache filled through the same event path the watches use; between calls one node's allocation changes
 (churn), so every call also pays for incremental index updates. The client sends every node name
-(percentageOfNodesToScore: 100) with one of four pod shapes. A trivial handler (parse the JSON, pass every
-node) runs in the same server, so the figures separate the extender's work from HTTP+JSON costs.
+(percentageOfNodesToScore: 100) with one of four pod shapes. Untimed warm-up: per pod shape, its first
+filter call then its first prioritize call (the same pod), as kube-scheduler orders them. A trivial handler
+(parse the JSON, pass every node) runs in the same server, so the figures separate the extender's work from
+HTTP+JSON costs.
 
     .venv/bin/python bench/extender_latency.py [--sizes 1000,5000,10000] [--requests 200] [--pattern random|first]
 """
@@ -215,14 +217,19 @@ async def client(port: int, ca: str, names: list[str], requests: int) -> dict[st
     out: dict[str, Any] = {}
     async with ClientSession(connector=TCPConnector(ssl=ctx, limit=1)) as s:
         first: dict[str, float] = {}
-        for i in range(4):  # the first call per pod shape fills the memo for every node shape
+        first_prio: dict[str, float] = {}
+        # Warm-up, untimed, both verbs alike: per pod shape its first filter call (fills the memo for every
+        # node shape), then its first prioritize call for the same pod, in kube-scheduler's order.
+        for i in range(4):
             body = orjson.dumps({"Pod": pods(i), "Nodes": None, "NodeNames": names})
-            t = time.perf_counter()
-            async with s.post(f"{base}/v1/filter", data=body) as r:
-                await r.read()
-            first[f"shape{i}"] = (time.perf_counter() - t) * 1000
+            for verb, into in (("filter", first), ("prioritize", first_prio)):
+                t = time.perf_counter()
+                async with s.post(f"{base}/v1/{verb}", data=body) as r:
+                    await r.read()
+                into[f"shape{i}"] = (time.perf_counter() - t) * 1000
         await (await s.get(f"{base}/bench/stats")).read()
         out["first_call_ms"] = first
+        out["first_prioritize_ms"] = first_prio
         for path in ("/v1/filter", "/v1/prioritize", "/trivial/filter", "/trivial/prioritize"):
             lat = []
             for i in range(requests):
@@ -284,10 +291,12 @@ def main() -> int:
                       f"{pct(r['client'], .5):.2f} | {pct(r['client'], .99):.2f} |", flush=True)
             info = res["info"]
             firsts = ", ".join(f"{v:.0f}" for v in res["first_call_ms"].values())
+            first_prio = ", ".join(f"{v:.0f}" for v in res["first_prioritize_ms"].values())
             mib = info["rss_kib"] / 1024
             extra.append(f"- {n:,} nodes: cache built in {info['build_s']:.1f} s, cache RSS {mib:.0f} MiB, "
                          f"{info['sizes']['signatures']} node shapes, {info['sizes']['profiles']} device profiles; "
-                         f"first filter per pod shape (memo cold): {firsts} ms; {load}")
+                         f"first filter per pod shape (memo cold): {firsts} ms; "
+                         f"first prioritize per pod shape (after its filter): {first_prio} ms; {load}")
         print()
         print("\n".join(extra))
     return 0

@@ -331,6 +331,11 @@ class FilterReply:
     notes: tuple[str, ...] = ()
 
 
+def uses_alignment(cfg: ExtenderConfig, req: Requirements) -> bool:
+    """Whether prioritize scores these requirements per (alignment term, domain) group: a `PrioState`."""
+    return not req.empty and req.align != "none" and cfg.weights.alignment > 0
+
+
 def filter_reply(index: Index, cfg: ExtenderConfig, pod: Pod, names: tuple[str, ...], now: float,
                  views: Views) -> FilterReply:
     """`run_filter` serialised, through a view when the node list has one."""
@@ -350,6 +355,10 @@ def filter_reply(index: Index, cfg: ExtenderConfig, pod: Pod, names: tuple[str, 
         return FilterReply(filter_result(out.passed, out.failed, out.unresolvable, out.error), len(out.passed),
                            len(out.failed), len(out.unresolvable), out.error, out.notes)
     st = view.filter_state(index, req, table)
+    if uses_alignment(cfg, req):
+        # kube-scheduler calls prioritize after filter for the same pod and list: have its scoring groups
+        # ready (built once per shape, then patched like the filter verdicts), so prioritize only looks up.
+        view.prio_state(index, cfg, req, table)
     if st.counts[PASSED] == 1:
         # kube-scheduler must take this node: count its devices as used until the API shows the allocation.
         node = view.names[st.cat.index(PASSED)]
@@ -363,8 +372,7 @@ def prioritize_reply(index: Index, cfg: ExtenderConfig, pod: Pod, req: Requireme
                      names: tuple[str, ...], now: float, views: Views) -> bytes:
     """`run_prioritize` serialised, through a view when the node list has one."""
     index.refresh(now)
-    use_align = req is not None and not req.empty and req.align != "none" and cfg.weights.alignment > 0
-    table = index.fits(req) if use_align and req is not None else None
+    table = index.fits(req) if req is not None and uses_alignment(cfg, req) else None
     view = views.get(names, index) if table is None or table.shared else None
     if view is None:
         return priority_list(run_prioritize(index, cfg, pod, req, names, now))

@@ -59,7 +59,7 @@ _op = st.one_of(
     st.tuples(st.just("addnode"), st.integers(0, NODES - 1)),
     st.tuples(st.just("delslice"), st.integers(0, NODES - 1)),  # a node that publishes no devices
     st.tuples(st.just("jobpod"), st.integers(0, NODES - 1), st.booleans()),
-    st.tuples(st.just("call"), st.sampled_from(["filter", "prioritize"]), st.integers(0, len(SHAPES) - 1),
+    st.tuples(st.just("call"), st.sampled_from(["filter", "prioritize", "both"]), st.integers(0, len(SHAPES) - 1),
               st.sampled_from([0, 0, 0, 1, 1, 2, 3]), st.booleans()),
 )
 
@@ -109,6 +109,12 @@ class Pair:
             self.call(*op[1:])
 
     def call(self, verb: str, shape: int, which: int, job: bool) -> None:
+        if verb == "both":  # as kube-scheduler does: filter, then prioritize for the same pod and list
+            self.call("filter", shape, which, job)
+            self.calls -= 1  # the same pod name
+            self.now -= 0.7
+            self.call("prioritize", shape, which, job)
+            return
         self.calls += 1
         self.now += 0.7
         templates, ann = SHAPES[shape]
@@ -247,3 +253,21 @@ def test_packing_by_domain_floats_unchanged(tuples: list[tuple[str | None, ...]]
     max_free = [max(c.values(), default=0) for c in fc]
     doms = list(range(len(tuples)))
     assert packing_by_domain(doms, tuples, jc, fc, max_free, CFG) == _packing_before(doms, tuples, jc, fc, max_free)
+
+
+def test_filter_builds_the_prioritize_groups_for_its_shape() -> None:
+    w = Pair()
+    w.views = Views()
+    for _ in range(2):  # the second sighting makes the view
+        w.call("filter", 0, 0, False)
+    view = w.views.views[0]
+    assert len(view.prio_states) == 1  # built by filter (shape "pair" is scored per alignment term)
+    built = next(iter(view.prio_states.values()))
+    w.call("prioritize", 0, 0, True)
+    assert next(iter(view.prio_states.values())) is built  # prioritize used it, not a new one
+    w.op(("alloc", 3, "gpu", 0))
+    w.call("filter", 0, 0, False)
+    assert built.at == len(view.log)  # patched by filter
+    w.call("prioritize", 0, 0, False)
+    w.call("filter", 6, 0, False)  # alignment "none": prioritize needs no groups, none built
+    assert len(view.prio_states) == 1
