@@ -192,7 +192,7 @@ class DriverApp:
             metrics_registry=self.metrics.registry,
             **({"dev_root": cfg.dev_root} if cfg.dev_root is not None else {}),
         )
-        # The light REST client (a `kubernetes` ApiClient works too, but its import costs ~1 s and ~35 MiB).
+        # The light REST client, not the `kubernetes` package: its import costs ~1 s and ~35 MiB.
         plugin = runner.KubeletPlugin(pcfg, lambda: self._topology_for_plugin(bcfg), self.client)
         # health changes re-run discovery, which taints the unhealthy devices in the slices
         plugin.on_health_change = lambda _bad: self.loop.rediscover() if self.loop is not None else None

@@ -1,8 +1,8 @@
 """ResourceClaims in the API: read one claim, write the driver's device status.
 
 The kubelet sends only namespace, name and UID; the driver reads the claim itself. `ClaimsApi` is
-what the prepare logic needs; `KubernetesClaimsApi` implements it with a `kubernetes` ApiClient
-(raw calls, JSON parsed with orjson: the generated models are slow and we only read a few fields).
+what the prepare logic needs; `KubeClientClaimsApi` implements it over the driver's light REST
+client (the `kubernetes` package's generated models are slow to import and we read a few fields).
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
-
-import orjson
 
 Json = dict[str, Any]
 GROUP_PATH = "/apis/resource.k8s.io/v1"
@@ -111,89 +109,8 @@ def opaque_config(claim: Mapping[str, Any], driver: str) -> list[Json]:
     return sorted(cfgs, key=lambda c: 0 if c.get("source") == "FromClass" else 1)
 
 
-class KubernetesClaimsApi:
-    def __init__(self, api_client: Any, timeout: float = 10.0) -> None:
-        self.api = api_client
-        self.timeout = timeout
-
-    def _call(
-        self,
-        method: str,
-        path: str,
-        query: list[tuple[str, str]] | None = None,
-        headers: dict[str, str] | None = None,
-        body: Any = None,
-    ) -> bytes:
-        """One raw request through the ApiClient's pool and credentials; the body of a 2xx answer."""
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            m, url, hdrs, data, post = self.api.param_serialize(
-                method=method,
-                resource_path=path,
-                query_params=query,
-                header_params=headers or {},
-                body=body,
-                auth_settings=["BearerToken"],
-            )
-            resp = self.api.call_api(
-                m, url, header_params=hdrs, body=data, post_params=post, _request_timeout=self.timeout
-            )
-            raw = resp.read()
-        except ApiException as e:
-            raise ClaimApiError(int(e.status or 0), _reason(e.body, str(e.reason))) from None
-        except Exception as e:  # connection refused, timeouts, TLS
-            raise ClaimApiError(0, f"{type(e).__name__}: {e}") from None
-        if not 200 <= int(resp.status) < 300:
-            raise ClaimApiError(int(resp.status), _reason(raw, str(resp.reason)))
-        return bytes(raw or b"")
-
-    def get_claim(self, namespace: str, name: str) -> Json:
-        raw = self._call("GET", claim_path(namespace, name), headers={"Accept": "application/json"})
-        try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError as e:
-            raise ClaimApiError(0, f"answer is not JSON: {e}") from None
-        if not isinstance(doc, dict):
-            raise ClaimApiError(0, "answer is not an object")
-        return doc
-
-    def apply_device_status(self, namespace: str, name: str, devices: Sequence[Json], field_manager: str) -> None:
-        body = {
-            "apiVersion": "resource.k8s.io/v1",
-            "kind": "ResourceClaim",
-            "metadata": {"name": name, "namespace": namespace},
-            "status": {"devices": list(devices)},
-        }
-        self._call(
-            "PATCH",
-            claim_path(namespace, name) + "/status",
-            query=[("fieldManager", field_manager), ("force", "true")],
-            headers={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
-            body=orjson.dumps(body).decode(),
-        )
-
-    def node_event(self, node: str, reason: str, message: str) -> None:
-        self._call(
-            "POST",
-            "/api/v1/namespaces/default/events",
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
-            body=node_event_object(node, reason, message),
-        )
-
-
-def _reason(body: Any, fallback: str) -> str:
-    try:
-        doc = orjson.loads(body) if body else None
-    except (orjson.JSONDecodeError, TypeError):
-        doc = None
-    if isinstance(doc, dict) and doc.get("message"):
-        return str(doc["message"])
-    return fallback
-
-
 class KubeClientClaimsApi:
-    """The same over the driver's light REST client (`driver.kubeapi.KubeClient`): no `kubernetes` import."""
+    """Claims over the driver's light REST client (`driver.kubeapi.KubeClient`): no `kubernetes` import."""
 
     def __init__(self, client: Any, timeout: float = 10.0) -> None:
         self.client = client
@@ -237,12 +154,3 @@ class KubeClientClaimsApi:
             self.client.request("POST", "/api/v1/namespaces/default/events", body=event)
         except ApiError as e:
             raise ClaimApiError(e.status, e.reason) from None
-
-
-def claims_api_for(client: Any) -> ClaimsApi:
-    """`driver.kubeapi.KubeClient` (preferred: light) or a `kubernetes.client.ApiClient`."""
-    from driver.kubeapi import KubeClient
-
-    if isinstance(client, KubeClient):
-        return KubeClientClaimsApi(client)
-    return KubernetesClaimsApi(client)

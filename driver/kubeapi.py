@@ -1,8 +1,8 @@
 """A small Kubernetes REST client on urllib3: kubeconfig or in-cluster credentials, JSON, watch streams.
 
 The driver publishes slices with this instead of the `kubernetes` package, whose import alone costs
-~35 MiB of resident memory; the driver runs on every GPU node. The `kubernetes` ApiClient is built
-only for components that need it (the kubelet plugin).
+~35 MiB of resident memory; the driver runs on every GPU node. The kubelet plugin reads claims
+through it too (`driver.claims.KubeClientClaimsApi`).
 """
 
 from __future__ import annotations
@@ -260,15 +260,6 @@ class KubeClient:
             raise ApiError(0, f"watch {path}: {e.__class__.__name__}: {e}") from e
         finally:
             r.release_conn()
-
-    def kubernetes_api_client(self) -> Any:
-        """A `kubernetes.client.ApiClient` with the same credentials (imported lazily: it is heavy)."""
-        from kubernetes import client, config
-
-        if self.creds.kubeconfig:
-            return config.new_client_from_config(config_file=self.creds.kubeconfig)
-        config.load_incluster_config()
-        return client.ApiClient()
 
 
 def path_escape(name: str) -> str:

@@ -26,7 +26,8 @@ from prometheus_client import CollectorRegistry
 from driver.app import StartupError
 from driver.cdi import CdiStore
 from driver.checkpoint import DEFAULT_BOOT_ID_FILE, Checkpoint, read_boot_id
-from driver.claims import ClaimsApi, claims_api_for
+from driver.claims import ClaimsApi, KubeClientClaimsApi
+from driver.kubeapi import KubeClient
 from driver.kubeletplugin import dra_service, health, registration
 from driver.kubeletplugin.paths import SocketPaths
 from driver.model import NodeTopology
@@ -92,7 +93,7 @@ class KubeletPlugin:
         self,
         cfg: PluginConfig,
         topology_getter: Callable[[], NodeTopology],
-        kubernetes_api_client: Any = None,
+        client: KubeClient | None = None,
         claims_api: ClaimsApi | None = None,
     ) -> None:
         self.cfg = cfg
@@ -103,9 +104,9 @@ class KubeletPlugin:
         if cfg.crash_at and cfg.crash_at not in CRASH_POINTS:
             raise PluginStartError(f"TOPODRA_CRASH_AT={cfg.crash_at!r}: not one of {', '.join(CRASH_POINTS)}")
         if claims_api is None:
-            if kubernetes_api_client is None:
+            if client is None:
                 raise PluginStartError("the kubelet plugin needs a Kubernetes API client")
-            claims_api = claims_api_for(kubernetes_api_client)
+            claims_api = KubeClientClaimsApi(client)
         self.metrics = PluginMetrics(cfg.metrics_registry)
         self.boot_id = read_boot_id(cfg.boot_id_file)
         if not self.boot_id:
