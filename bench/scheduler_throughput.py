@@ -29,6 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from driver.kubeapi import ApiError, KubeClient
+from scheduler_plugin.schedconfig import SchedulerSettings, extender_entry
 from topodra_cli.localcluster import LocalCluster, pki
 from topodra_cli.localcluster.processes import free_port
 
@@ -153,10 +154,8 @@ def main() -> int:
             except OSError:
                 pass
             time.sleep(0.2)
-        cluster.set_scheduler_config(extenders=[{
-            "urlPrefix": f"{url}/v1", "filterVerb": "filter", "prioritizeVerb": "prioritize", "weight": 5,
-            "enableHTTPS": True, "tlsConfig": {"caFile": str(ca.cert), "serverName": "127.0.0.1"},
-            "httpTimeout": "2s", "nodeCacheCapable": True, "ignorable": False}], percentage_of_nodes_to_score=100)
+        entry = extender_entry(SchedulerSettings(url=f"{url}/v1", ca_file=str(ca.cert)))
+        cluster.set_scheduler_config(extenders=[entry], percentage_of_nodes_to_score=100)
         with_ext = run_pods(client, "tp-extender", a.pods)
         print(f"with extender:    {a.pods} pods bound in {with_ext:.1f} s = {a.pods / with_ext:.1f} pods/s", flush=True)
         metrics = _get(f"{url}/metrics", ctx)

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from scheduler_plugin.schedconfig import SchedulerSettings, extender_entry
 from topodra_cli.localcluster import ClusterError, LocalCluster
 from topodra_cli.localcluster.binaries import repo_root
 from topodra_cli.localcluster.pki import issue, make_ca
@@ -108,12 +109,9 @@ class _Demo:
                          "--tls-cert", str(srv.cert), "--tls-key", str(srv.key),
                          "--kubeconfig", str(self.c.kubeconfig)))))
         self._wait_ready()
-        self.c.set_scheduler_config(extenders=[{
-            "urlPrefix": f"https://127.0.0.1:{self.ext_port}/v1",
-            "filterVerb": "filter", "prioritizeVerb": "prioritize", "weight": 5,
-            "enableHTTPS": True, "tlsConfig": {"serverName": "127.0.0.1", "caFile": str(ca.cert)},
-            "httpTimeout": "2s", "nodeCacheCapable": True, "ignorable": False,
-        }], percentage_of_nodes_to_score=100)
+        # The same entry `topodra extender print-scheduler-config` prints for a real cluster.
+        entry = extender_entry(SchedulerSettings(url=f"https://127.0.0.1:{self.ext_port}/v1", ca_file=str(ca.cert)))
+        self.c.set_scheduler_config(extenders=[entry], percentage_of_nodes_to_score=100)
         print(f"extender ready on https://127.0.0.1:{self.ext_port} (log: {self.log});"
               f" kube-scheduler restarted with it")
 

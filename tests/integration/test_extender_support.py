@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from driver.kubeapi import ApiError, KubeClient
+from scheduler_plugin.schedconfig import SchedulerSettings, extender_entry
 from topodra_cli.localcluster import LocalCluster, pki
 from topodra_cli.localcluster.processes import free_port
 
@@ -47,12 +48,8 @@ class ExtenderProcess:
         return f"https://127.0.0.1:{self.port}"
 
     def scheduler_entry(self, weight: int = 10, http_timeout: str = "2s") -> Json:
-        return {
-            "urlPrefix": f"{self.url}/v1", "filterVerb": "filter", "prioritizeVerb": "prioritize",
-            "weight": weight, "enableHTTPS": True,
-            "tlsConfig": {"caFile": str(self.ca.cert), "serverName": "127.0.0.1"},
-            "httpTimeout": http_timeout, "nodeCacheCapable": True, "ignorable": False,
-        }
+        return extender_entry(SchedulerSettings(url=f"{self.url}/v1", ca_file=str(self.ca.cert), weight=weight,
+                                                http_timeout=http_timeout))
 
     def start(self, wait_ready: bool = True) -> None:
         exe = Path(sys.executable).with_name("topodra")
