@@ -146,7 +146,7 @@ class LocalCluster:
             self._start_kcm()
             self._start_scheduler()
             self._start_heartbeat()
-            self._wait_default_service_account()
+            self.wait_default_service_account("default")
         except BaseException:
             self.down()
             raise
@@ -325,9 +325,6 @@ class LocalCluster:
         self.procs.start(ProcessSpec("heartbeat", (
             sys.executable, "-m", "topodra_cli.localcluster.heartbeat", "--kubeconfig", str(self.kubeconfig),
         )))
-
-    def _wait_default_service_account(self, timeout: float = 60) -> None:
-        self.wait_default_service_account("default", timeout)
 
     def wait_default_service_account(self, namespace: str, timeout: float = 60) -> None:
         """Pods are refused until the controller-manager has made the namespace's `default` account."""
