@@ -21,6 +21,12 @@ def register(sub: Any) -> None:
     up.add_argument("--dir", type=Path, default=None, help=f"cluster directory (default {default_dir()})")
     up.add_argument("--apiserver-port", type=int, default=None, help="fixed apiserver port (default: a free one)")
     up.add_argument("--no-build", action="store_true", help="fail instead of building missing binaries")
+    up.add_argument("--generic-workload", action="store_true",
+                    help="turn on upstream workload-aware (gang) scheduling: gate GenericWorkload and its "
+                         "dependents on every component, API scheduling.k8s.io/v1beta1 (Workload, PodGroup)")
+    up.add_argument("--scheduler-config", type=Path, default=None, metavar="FILE",
+                    help="start kube-scheduler from this KubeSchedulerConfiguration (the harness still sets "
+                         "clientConnection.kubeconfig and leaderElection)")
     up.set_defaults(handler=_up)
 
     down = lsub.add_parser("down", help="stop every process of the cluster")
@@ -50,7 +56,7 @@ def _fail(e: Exception) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    c = LocalCluster(args.dir)
+    c = LocalCluster(args.dir, generic_workload=args.generic_workload, scheduler_config=args.scheduler_config)
     try:
         c.up(apiserver_port=args.apiserver_port, build=not args.no_build)
     except ClusterError as e:

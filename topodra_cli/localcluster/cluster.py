@@ -22,9 +22,9 @@ from typing import Any
 
 import yaml
 
-from topodra_cli.localcluster import pki
+from topodra_cli.localcluster import pki, schedulerconfig
 from topodra_cli.localcluster.binaries import K8S_VERSION, bin_dir, ensure_binaries
-from topodra_cli.localcluster.gates import check_gates, gate_flag
+from topodra_cli.localcluster.gates import check_gates, gate_flag, runtime_config
 from topodra_cli.localcluster.kubeconfig import write_kubeconfig
 from topodra_cli.localcluster.processes import (
     ClusterError,
@@ -57,12 +57,24 @@ class ClusterState:
     owner_pid: int  # 0 = detached (CLI); else the process whose exit makes the cluster stale
     extenders: list[dict[str, Any]] = field(default_factory=list)
     percentage_of_nodes_to_score: int = 100
+    generic_workload: bool = False  # upstream workload-aware (gang) scheduling: GenericWorkload + its API group
+    scheduler_base: dict[str, Any] | None = None  # the user's KubeSchedulerConfiguration, before harness additions
 
 
 class LocalCluster:
-    def __init__(self, directory: Path | None = None, version: str = K8S_VERSION) -> None:
+    def __init__(
+        self,
+        directory: Path | None = None,
+        version: str = K8S_VERSION,
+        *,
+        generic_workload: bool = False,
+        scheduler_config: Path | Mapping[str, Any] | None = None,
+    ) -> None:
         self.dir = (directory or default_dir()).resolve()
         self.version = version
+        # Defaults for up(); a running cluster's actual settings are in self.state.
+        self.generic_workload = generic_workload
+        self.scheduler_config = scheduler_config
         self.procs = ProcessTable(self.dir)
         self.state: ClusterState | None = None
         self._api: Any = None
@@ -110,10 +122,25 @@ class LocalCluster:
             raise ClusterError(f"no running cluster in {c.dir}; start one with `topodra local-cluster up`")
         c.state = st
         c.version = st.version
+        c.generic_workload = st.generic_workload
         return c
 
-    def up(self, *, apiserver_port: int | None = None, owner_pid: int = 0, build: bool = True) -> None:
-        """Start everything and wait until the API serves; a stale dir from a killed run is cleaned first."""
+    def up(
+        self,
+        *,
+        apiserver_port: int | None = None,
+        owner_pid: int = 0,
+        build: bool = True,
+        generic_workload: bool | None = None,
+        scheduler_config: Path | Mapping[str, Any] | None = None,
+    ) -> None:
+        """Start everything and wait until the API serves; a stale dir from a killed run is cleaned first.
+
+        `generic_workload` and `scheduler_config` (a KubeSchedulerConfiguration file or mapping) default to
+        the constructor's; both are kept in the state, so scheduler restarts keep them.
+        """
+        gw = self.generic_workload if generic_workload is None else generic_workload
+        base = _scheduler_base(scheduler_config if scheduler_config is not None else self.scheduler_config)
         old = self._load_state()
         if old is not None:
             owner_alive = old.owner_pid == 0 or pid_alive(old.owner_pid)
@@ -136,6 +163,8 @@ class LocalCluster:
             kcm_port=free_port(),
             scheduler_port=free_port(),
             owner_pid=owner_pid,
+            generic_workload=gw,
+            scheduler_base=base,
         )
         self._save_state()
         try:
@@ -229,8 +258,8 @@ class LocalCluster:
             f"--service-account-issuer={SA_ISSUER}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
-            "--runtime-config=api/all=true",
-            f"--feature-gates={gate_flag(self.version)}",
+            f"--runtime-config={runtime_config(st.generic_workload)}",
+            f"--feature-gates={gate_flag(self.version, st.generic_workload)}",
             "--allow-privileged=true",
             f"--kubelet-client-certificate={p / 'apiserver-kubelet-client.crt'}",
             f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
@@ -253,8 +282,9 @@ class LocalCluster:
         self._start_apiserver()
 
     def _check_gates(self) -> None:
+        assert self.state is not None
         text = self._get(f"{self.server}/metrics")
-        wrong = check_gates(self.version, text)
+        wrong = check_gates(self.version, text, self.state.generic_workload)
         if wrong:
             log = self.procs.log_path("kube-apiserver")
             raise ClusterError(f"kube-apiserver did not enable feature gates {wrong}; see {log}")
@@ -273,7 +303,7 @@ class LocalCluster:
             f"--cluster-signing-cert-file={p / 'ca.crt'}", f"--cluster-signing-key-file={p / 'ca.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--controllers=*", "--leader-elect=false",
-            f"--feature-gates={gate_flag(self.version)}",
+            f"--feature-gates={gate_flag(self.version, st.generic_workload)}",
         )))
         self._wait_http(f"https://127.0.0.1:{st.kcm_port}/healthz", "kube-controller-manager", tls=False, timeout=60)
 
@@ -283,17 +313,12 @@ class LocalCluster:
     def _write_scheduler_config(self) -> None:
         st = self.state
         assert st is not None
-        doc: dict[str, Any] = {
-            "apiVersion": "kubescheduler.config.k8s.io/v1",
-            "kind": "KubeSchedulerConfiguration",
-            # With --config the scheduler ignores --kubeconfig: the config must name it.
-            "clientConnection": {"kubeconfig": str(self.dir / "scheduler.kubeconfig"), "qps": 500, "burst": 1000},
-            "leaderElection": {"leaderElect": False},
-            "percentageOfNodesToScore": st.percentage_of_nodes_to_score,
-            "profiles": [{"schedulerName": "default-scheduler"}],
-        }
-        if st.extenders:
-            doc["extenders"] = st.extenders
+        doc = schedulerconfig.compose(
+            st.scheduler_base,
+            kubeconfig=self.dir / "scheduler.kubeconfig",
+            extenders=st.extenders,
+            percentage_of_nodes_to_score=st.percentage_of_nodes_to_score,
+        )
         self.scheduler_config_path().write_text(yaml.safe_dump(doc, sort_keys=False))
 
     def _start_scheduler(self) -> None:
@@ -306,14 +331,17 @@ class LocalCluster:
             f"--config={self.scheduler_config_path()}",
             f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
             "--bind-address=127.0.0.1", f"--secure-port={st.scheduler_port}",
-            f"--feature-gates={gate_flag(self.version)}",
+            f"--feature-gates={gate_flag(self.version, st.generic_workload)}",
         )))
         self._wait_http(f"https://127.0.0.1:{st.scheduler_port}/healthz", "kube-scheduler", tls=False, timeout=60)
 
     def set_scheduler_config(
         self, extenders: Sequence[Mapping[str, Any]] | None = None, percentage_of_nodes_to_score: int = 100
     ) -> None:
-        """Restart kube-scheduler with these extenders (config camelCase dicts); None = no extender."""
+        """Restart kube-scheduler with these extenders (config camelCase dicts); None = no extender.
+
+        The gates and the base config given to up() stay as they were.
+        """
         assert self.state is not None
         self.state.extenders = [dict(e) for e in (extenders or [])]
         self.state.percentage_of_nodes_to_score = percentage_of_nodes_to_score
@@ -453,3 +481,12 @@ class LocalCluster:
 
         with contextlib.suppress(client.ApiException):
             client.CoreV1Api(self.api_client()).delete_node(name)
+
+
+def _scheduler_base(given: Path | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Check a user's scheduler config before anything starts (a bad file must not cost a control plane)."""
+    if given is None:
+        return None
+    if isinstance(given, Mapping):
+        return schedulerconfig.check_base(given)
+    return schedulerconfig.load_base(Path(given))
