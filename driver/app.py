@@ -6,22 +6,25 @@ thread or as a `topodra driver ...` subprocess.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import orjson
 import structlog
 
 from driver.devicehealth import mark_unhealthy
 from driver.discovery import BackendConfig, DiscoveryError, discover, discover_fleet
+from driver.errors import StartupError
 from driver.kubeapi import ConfigError, KubeClient
 from driver.model import DRIVER_NAME, NodeTopology
 from driver.publisher import Backoff, PublisherMetrics, PublishLoop, SlicePublisher
+
+if TYPE_CHECKING:
+    from driver.kubeletplugin.runner import KubeletPlugin
 
 log = structlog.get_logger("topodra.driver")
 
@@ -68,10 +71,6 @@ class DriverConfig:
         return self.state_dir or self.kubelet_root_dir / "plugins" / self.driver_name
 
 
-class StartupError(Exception):
-    """The driver cannot start (bad flags, no credentials, plugin missing); the message says why."""
-
-
 def configure_logging(level: str = "info") -> None:
     """structlog JSON lines on stderr, one event name per line."""
     lvl = logging.getLevelName(level.upper())
@@ -104,7 +103,7 @@ class DriverApp:
         self._stop = threading.Event()
         self._rediscover = threading.Event()
         self.loop: PublishLoop | None = None
-        self.plugin: Any = None
+        self.plugin: KubeletPlugin | None = None
         self._raw_topology: NodeTopology | None = None
         self.fleet_runs = 0
         self.fleet_ready = threading.Event()
@@ -168,19 +167,13 @@ class DriverApp:
         current = self._raw_topology
         return current if current is not None else discover(bcfg)
 
-    def _start_plugin(self, bcfg: BackendConfig) -> Any:
+    def _start_plugin(self, bcfg: BackendConfig) -> KubeletPlugin:
+        # Here, not at the top: grpc and the plugin's modules are only needed when it is switched on,
+        # and fleet mode never serves a kubelet.
+        from driver.kubeletplugin.runner import KubeletPlugin, PluginConfig
+
         cfg = self.cfg
-        try:
-            # By name: the plugin is another component's module, loaded only when it is switched on.
-            runner = importlib.import_module("driver.kubeletplugin.runner")
-        except ModuleNotFoundError as e:
-            if e.name and e.name.startswith("driver.kubeletplugin"):
-                raise StartupError(
-                    "the kubelet plugin (driver.kubeletplugin.runner) is not available in this build; "
-                    "run with --no-kubelet-plugin to publish slices only"
-                ) from e
-            raise
-        pcfg = runner.PluginConfig(
+        pcfg = PluginConfig(
             driver_name=cfg.driver_name,
             node_name=cfg.node_name,
             kubelet_root_dir=cfg.kubelet_root_dir,
@@ -190,10 +183,11 @@ class DriverApp:
             health_enabled=cfg.health,
             sysfs_root=cfg.sysfs_root,
             metrics_registry=self.metrics.registry,
-            **({"dev_root": cfg.dev_root} if cfg.dev_root is not None else {}),
         )
+        if cfg.dev_root is not None:  # else the plugin's own default ($TOPODRA_DEV_ROOT or /dev)
+            pcfg = replace(pcfg, dev_root=cfg.dev_root)
         # The light REST client, not the `kubernetes` package: its import costs ~1 s and ~35 MiB.
-        plugin = runner.KubeletPlugin(pcfg, lambda: self._topology_for_plugin(bcfg), self.client)
+        plugin = KubeletPlugin(pcfg, lambda: self._topology_for_plugin(bcfg), self.client)
         # health changes re-run discovery, which taints the unhealthy devices in the slices
         plugin.on_health_change = lambda _bad: self.loop.rediscover() if self.loop is not None else None
         plugin.start()

@@ -12,9 +12,12 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from driver.model import DRIVER_NAME
+
+if TYPE_CHECKING:
+    from driver.app import DriverConfig
 
 
 def _env_bool(name: str) -> bool | None:
@@ -76,8 +79,9 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=run)
 
 
-def config_from_args(a: argparse.Namespace) -> Any:
-    from driver.app import DriverConfig, StartupError
+def config_from_args(a: argparse.Namespace) -> DriverConfig:
+    from driver.app import DriverConfig
+    from driver.errors import StartupError
 
     backends = tuple(b.strip() for b in str(a.backend).split(",") if b.strip())
     if a.topology is not None and a.backend == "nvml,sysfs" and "TOPODRA_BACKEND" not in os.environ:
@@ -114,8 +118,9 @@ def config_from_args(a: argparse.Namespace) -> Any:
 
 
 def run(a: argparse.Namespace) -> int:
-    from driver.app import DriverApp, StartupError, configure_logging
+    from driver.app import DriverApp, configure_logging
     from driver.discovery import DiscoveryError
+    from driver.errors import StartupError
 
     configure_logging(a.log_level)
     try:

@@ -23,10 +23,10 @@ import grpc
 import structlog
 from prometheus_client import CollectorRegistry
 
-from driver.app import StartupError
 from driver.cdi import CdiStore
 from driver.checkpoint import DEFAULT_BOOT_ID_FILE, Checkpoint, read_boot_id
 from driver.claims import ClaimsApi, KubeClientClaimsApi
+from driver.errors import StartupError
 from driver.kubeapi import KubeClient
 from driver.kubeletplugin import dra_service, health, registration
 from driver.kubeletplugin.paths import SocketPaths

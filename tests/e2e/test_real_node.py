@@ -29,15 +29,12 @@ from typing import Any
 
 import pytest
 
+from driver.model import DRIVER_NAME
 from topodra_cli.localcluster import LocalCluster
-from topodra_cli.localcluster.realnode import (
-    DRIVER_NAME,
-    RealNode,
-    _mountinfo,
-    default_node_name,
-    machine_cannot,
-    real_node_pod,
-)
+from topodra_cli.localcluster.hostcheck import default_node_name, machine_cannot
+from topodra_cli.localcluster.mounts import mounts_under
+from topodra_cli.localcluster.podspec import real_node_pod
+from topodra_cli.localcluster.realnode import RealNode
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
@@ -425,8 +422,7 @@ def test_stop_leaves_nothing_behind(cluster: LocalCluster, e2e: Env) -> None:
     node.stop()
     for name, pid in pids.items():
         assert pid is None or not node.procs.running(name), f"{name} (pid {pid}) still running"
-    prefix = str(node.dir)
-    assert not [mp for mp, _ in _mountinfo() if mp == prefix or mp.startswith(prefix + "/")]
-    assert not [m for m in st.cgroup_mounts if Path(m, st.cgroup_root.lstrip("/")).exists()]
+    assert not mounts_under(node.dir)
+    assert not [r for r in st.cgroup_roots() if r.exists()]
     assert not node.kubelet_root.exists()
     assert (node.dir / "logs" / "kubelet.log").exists()

@@ -34,7 +34,7 @@ from topodra_cli.localcluster.processes import (
     free_port,
     pid_alive,
 )
-from topodra_cli.localcluster.realnode import stop_real_nodes
+from topodra_cli.localcluster.teardown import stop_real_nodes
 
 SERVICE_CIDR = "10.0.0.0/24"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"

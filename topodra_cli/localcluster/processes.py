@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +58,13 @@ def pid_cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def pids_by_cmdline(needle: str) -> Iterator[int]:
+    """Every process on the machine whose command line contains `needle`."""
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit() and needle in pid_cmdline(int(p.name)):
+            yield int(p.name)
 
 
 class ProcessTable:
