@@ -9,7 +9,7 @@ gobuild_init() {  # gobuild_init GO_MINOR_PREFIX WHY
   gov="$(GOTOOLCHAIN=local go env GOVERSION)"
   case "$gov" in
     "$1"*) ;;
-    *) die "Go $gov found; $2 needs Go ${1#go}.x (see shared/contracts/real-cluster.md)" ;;
+    *) die "Go $gov found; $2 needs Go ${1#go}.x (see docs/local-cluster.md)" ;;
   esac
   export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
   mkdir -p "$BIN" "$LOGS"

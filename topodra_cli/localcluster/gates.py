@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# Off by default in 1.37 and wanted by topodra's tests (real-cluster.md). Every component gets the same list.
+# Off by default in 1.37 and wanted by topodra's tests (docs/local-cluster.md). Every component gets the same list.
 # Upstream workload-aware scheduling (GenericWorkload and the gates that depend on it) is explicitly off here:
 # a 1.37 cluster has it off by default, and it changes how kube-scheduler queues pods (a new pending pod wakes
 # the others only with it on), so the extender's gang handling is tested against the default behaviour.
