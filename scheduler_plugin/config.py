@@ -54,6 +54,20 @@ class Alignment:
 
 
 @dataclass(frozen=True)
+class GangConfig:
+    """How pods ask for a gang (docs/gang.md): the Job marker label and our own annotation names."""
+
+    job_label: str = "topodra.dev/gang"  # on a batch/v1 Job: its pods form one gang
+    job_label_value: str = "true"
+    default_timeout_seconds: float = 300.0  # how long a gang may wait for all members
+    name_annotation: str = "topodra.dev/gang"
+    size_annotation: str = "topodra.dev/gang-size"
+    timeout_annotation: str = "topodra.dev/gang-timeout-seconds"
+    required_annotation: str = "topodra.dev/topology-required"
+    preferred_annotation: str = "topodra.dev/topology-preferred"
+
+
+@dataclass(frozen=True)
 class ExtenderConfig:
     levels: tuple[Level, ...]
     weights: Weights = field(default_factory=Weights)
@@ -68,6 +82,7 @@ class ExtenderConfig:
     job_annotations: tuple[str, ...] = ("scheduling.k8s.io/group-name", "scheduling.volcano.sh/group-name")
     decision_ttl_seconds: float = 30.0  # how long our own unconfirmed decisions count
     stale_after_seconds: float = 2.0  # a watch down this long marks the cache stale
+    gang: GangConfig = field(default_factory=GangConfig)
 
 
 DEFAULT_LEVELS: tuple[Level, ...] = (
@@ -106,7 +121,7 @@ def parse_config(doc: Any) -> ExtenderConfig:
         doc = {}
     m = _mapping(doc, "(top level)")
     _known(m, "", {"levels", "weights", "alignment", "jobLabels", "jobAnnotations", "decisionTTLSeconds",
-                   "staleAfterSeconds"})
+                   "staleAfterSeconds", "gang"})
     levels = DEFAULT_LEVELS if "levels" not in m else _levels(m["levels"])
     w = _mapping(m.get("weights") or {}, "weights")
     _known(w, "weights.", {"alignment", "packing", "pcie", "numa", "sameJob", "keepWhole"})
@@ -144,7 +159,38 @@ def parse_config(doc: Any) -> ExtenderConfig:
         job_annotations=_strs(m, "jobAnnotations", base.job_annotations, ""),
         decision_ttl_seconds=_num(m, "decisionTTLSeconds", base.decision_ttl_seconds, ""),
         stale_after_seconds=_num(m, "staleAfterSeconds", base.stale_after_seconds, ""),
+        gang=_gang(m.get("gang") or {}),
     )
+
+
+_GANG_STRINGS = {  # YAML key -> GangConfig field
+    "jobLabel": "job_label",
+    "jobLabelValue": "job_label_value",
+    "nameAnnotation": "name_annotation",
+    "sizeAnnotation": "size_annotation",
+    "timeoutAnnotation": "timeout_annotation",
+    "requiredAnnotation": "required_annotation",
+    "preferredAnnotation": "preferred_annotation",
+}
+
+
+def _gang(raw: Any) -> GangConfig:
+    g = _mapping(raw, "gang")
+    _known(g, "gang.", {*_GANG_STRINGS, "defaultTimeoutSeconds"})
+    d = GangConfig()
+    values: dict[str, Any] = {}
+    for key, attr in _GANG_STRINGS.items():
+        v = g.get(key, getattr(d, attr))
+        # jobLabelValue may be "" (label present with an empty value); keys and annotation names may not.
+        if key == "jobLabelValue" and not isinstance(v, str):
+            raise ConfigError(f"gang.{key}: must be a string, got {v!r}")
+        if key != "jobLabelValue" and (not isinstance(v, str) or not v):
+            raise ConfigError(f"gang.{key}: must be a non-empty string, got {v!r}")
+        values[attr] = v
+    timeout = _num(g, "defaultTimeoutSeconds", d.default_timeout_seconds, "gang.")
+    if timeout <= 0:
+        raise ConfigError("gang.defaultTimeoutSeconds: must be > 0")
+    return GangConfig(default_timeout_seconds=timeout, **values)
 
 
 def _levels(raw: Any) -> tuple[Level, ...]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 AttrValue = str | int | bool
@@ -29,6 +30,16 @@ def _l(v: Any) -> list[Any]:
 
 def _s(v: Any) -> str:
     return v if isinstance(v, str) else ""
+
+
+def parse_time(v: Any) -> float:
+    """RFC 3339 timestamp (`metadata.creationTimestamp`) as unix seconds; 0.0 when missing or malformed."""
+    if not isinstance(v, str) or not v:
+        return 0.0
+    try:
+        return datetime.fromisoformat(v).timestamp()
+    except (ValueError, OverflowError):
+        return 0.0
 
 
 def qualify(driver: str, name: str) -> str:
@@ -256,6 +267,9 @@ class Pod:
     group: str  # spec.schedulingGroup.podGroupName (1.36+), "" if none
     claims: tuple[PodClaimRef, ...]
     claim_statuses: tuple[tuple[str, str], ...]  # pod claim name -> generated ResourceClaim name
+    priority: int = 0  # spec.priority (filled by the Priority admission plugin)
+    created: float = 0.0  # metadata.creationTimestamp, unix seconds
+    scheduler_name: str = ""  # spec.schedulerName
 
     def label(self, key: str) -> str | None:
         return dict(self.labels).get(key)
@@ -292,4 +306,7 @@ def parse_pod(obj: Mapping[str, Any]) -> Pod:
         group=_s(_d(spec.get("schedulingGroup")).get("podGroupName")),
         claims=claims,
         claim_statuses=statuses,
+        priority=prio if isinstance(prio := spec.get("priority"), int) and not isinstance(prio, bool) else 0,
+        created=parse_time(meta.get("creationTimestamp")),
+        scheduler_name=_s(spec.get("schedulerName")),
     )

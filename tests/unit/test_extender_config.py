@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler_plugin.config import DEFAULT_LEVELS, ConfigError, load_config, parse_config
+from scheduler_plugin.config import DEFAULT_LEVELS, ConfigError, GangConfig, load_config, parse_config
 from scheduler_plugin.schedconfig import SchedulerSettings, scheduler_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +40,32 @@ def test_example_file_loads() -> None:
     ([1], "(top level): must be a mapping"),
 ])
 def test_errors_name_the_field(doc: object, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc)
+    assert message in str(e.value)
+
+
+def test_gang_section() -> None:
+    assert load_config(None).gang == GangConfig()
+    assert GangConfig().default_timeout_seconds == 300.0 and GangConfig().job_label == "topodra.dev/gang"
+    cfg = parse_config({"gang": {"jobLabel": "example.com/gang", "jobLabelValue": "", "defaultTimeoutSeconds": 60,
+                                 "nameAnnotation": "example.com/g", "sizeAnnotation": "example.com/n",
+                                 "timeoutAnnotation": "example.com/t", "requiredAnnotation": "example.com/req",
+                                 "preferredAnnotation": "example.com/pref"}})
+    assert cfg.gang == GangConfig("example.com/gang", "", 60.0, "example.com/g", "example.com/n", "example.com/t",
+                                  "example.com/req", "example.com/pref")
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    ({"gang": "yes"}, "gang: must be a mapping"),
+    ({"gang": {"jobLabels": "x"}}, "gang.jobLabels: unknown field"),
+    ({"gang": {"jobLabel": ""}}, "gang.jobLabel: must be a non-empty string"),
+    ({"gang": {"sizeAnnotation": 3}}, "gang.sizeAnnotation: must be a non-empty string"),
+    ({"gang": {"jobLabelValue": True}}, "gang.jobLabelValue: must be a string"),
+    ({"gang": {"defaultTimeoutSeconds": "5m"}}, "gang.defaultTimeoutSeconds: must be a number"),
+    ({"gang": {"defaultTimeoutSeconds": 0}}, "gang.defaultTimeoutSeconds: must be > 0"),
+])
+def test_gang_errors_name_the_field(doc: object, message: str) -> None:
     with pytest.raises(ConfigError) as e:
         parse_config(doc)
     assert message in str(e.value)
