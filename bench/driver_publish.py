@@ -47,9 +47,10 @@ import orjson  # noqa: E402
 
 from driver.discovery import discover_fleet  # noqa: E402
 from driver.fleet import node_object  # noqa: E402
-from driver.kubeapi import ApiError, KubeClient  # noqa: E402
 from driver.publisher import SLICES, field_selector  # noqa: E402
 from driver.slices import desired_slices, node_owner, slice_object  # noqa: E402
+from kubeaccess.errors import ApiError  # noqa: E402
+from kubeaccess.sync import KubeClient  # noqa: E402
 from topodra_cli.localcluster import LocalCluster  # noqa: E402
 
 DRIVER = "topodra.dev"

@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from driver.discovery import discover_fleet  # noqa: E402
-from driver.kubeapi import KubeClient  # noqa: E402
 from driver.model import NodeTopology  # noqa: E402
 from driver.publisher import SLICES, field_selector  # noqa: E402
 from driver.slices import desired_slices, devices_equal  # noqa: E402
+from kubeaccess.sync import KubeClient  # noqa: E402
 from topodra_cli.localcluster import LocalCluster  # noqa: E402
 
 DEMO = ROOT / "deploy" / "examples" / "topology-demo.yaml"

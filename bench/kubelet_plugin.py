@@ -43,7 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from driver.kubeapi import KubeClient  # noqa: E402
+from kubeaccess.sync import KubeClient  # noqa: E402
 from tests.fakes.kubeletsim import KubeletSim  # noqa: E402
 
 DRIVER = "topodra.dev"

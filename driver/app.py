@@ -19,9 +19,11 @@ import structlog
 from driver.devicehealth import mark_unhealthy
 from driver.discovery import BackendConfig, DiscoveryError, discover, discover_fleet
 from driver.errors import StartupError
-from driver.kubeapi import ConfigError, KubeClient
 from driver.model import DRIVER_NAME, NodeTopology
-from driver.publisher import Backoff, PublisherMetrics, PublishLoop, SlicePublisher
+from driver.publisher import PublisherMetrics, PublishLoop, SlicePublisher
+from kubeaccess.backoff import Backoff
+from kubeaccess.errors import CredentialsError
+from kubeaccess.sync import KubeClient
 
 if TYPE_CHECKING:
     from driver.kubeletplugin.runner import KubeletPlugin
@@ -96,8 +98,10 @@ class DriverApp:
             raise StartupError("--fleet needs --topology FILE")
         self.cfg = cfg
         try:
-            self.client = client or KubeClient.load(cfg.kubeconfig, pool_size=max(16, cfg.workers))
-        except (ConfigError, OSError) as e:
+            self.client = client or KubeClient.load(
+                cfg.kubeconfig, pool_size=max(16, cfg.workers), user_agent="topodra-driver"
+            )
+        except (CredentialsError, OSError) as e:
             raise StartupError(f"cannot load Kubernetes credentials: {e}") from e
         self.metrics = PublisherMetrics()
         self._stop = threading.Event()

@@ -1,8 +1,9 @@
 """ResourceClaims in the API: read one claim, write the driver's device status.
 
 The kubelet sends only namespace, name and UID; the driver reads the claim itself. `ClaimsApi` is
-what the prepare logic needs; `KubeClientClaimsApi` implements it over the driver's light REST
-client (the `kubernetes` package's generated models are slow to import and we read a few fields).
+what the prepare logic needs; `KubeClientClaimsApi` implements it over the light REST client
+(the `kubernetes` package's generated models are slow to import and we read a few fields).
+Failures are `kubeaccess.errors.ApiError`, whichever implementation.
 """
 
 from __future__ import annotations
@@ -12,15 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from kubeaccess.sync import KubeClient
+
 Json = dict[str, Any]
 GROUP_PATH = "/apis/resource.k8s.io/v1"
-
-
-class ClaimApiError(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(f"HTTP {status}: {reason}" if status else reason)
-        self.status = status
-        self.reason = reason
 
 
 class ClaimsApi(Protocol):
@@ -110,47 +106,30 @@ def opaque_config(claim: Mapping[str, Any], driver: str) -> list[Json]:
 
 
 class KubeClientClaimsApi:
-    """Claims over the driver's light REST client (`driver.kubeapi.KubeClient`): no `kubernetes` import."""
+    """Claims over the light REST client (`kubeaccess.sync.KubeClient`): no `kubernetes` import."""
 
-    def __init__(self, client: Any, timeout: float = 10.0) -> None:
+    def __init__(self, client: KubeClient, timeout: float = 10.0) -> None:
         self.client = client
         self.timeout = timeout
 
     def get_claim(self, namespace: str, name: str) -> Json:
-        from driver.kubeapi import ApiError
-
-        try:
-            doc = self.client.request("GET", claim_path(namespace, name), timeout=self.timeout)
-        except ApiError as e:
-            raise ClaimApiError(e.status, e.reason) from None
-        return dict(doc)
+        return self.client.request("GET", claim_path(namespace, name), timeout=self.timeout)
 
     def apply_device_status(self, namespace: str, name: str, devices: Sequence[Json], field_manager: str) -> None:
-        from driver.kubeapi import ApiError
-
         body = {
             "apiVersion": "resource.k8s.io/v1",
             "kind": "ResourceClaim",
             "metadata": {"name": name, "namespace": namespace},
             "status": {"devices": list(devices)},
         }
-        try:
-            self.client.request(
-                "PATCH",
-                claim_path(namespace, name) + "/status",
-                body=body,
-                query={"fieldManager": field_manager, "force": "true"},
-                content_type="application/apply-patch+yaml",
-                timeout=self.timeout,
-            )
-        except ApiError as e:
-            raise ClaimApiError(e.status, e.reason) from None
+        self.client.request(
+            "PATCH",
+            claim_path(namespace, name) + "/status",
+            body=body,
+            query={"fieldManager": field_manager, "force": "true"},
+            content_type="application/apply-patch+yaml",
+            timeout=self.timeout,
+        )
 
     def node_event(self, node: str, reason: str, message: str) -> None:
-        from driver.kubeapi import ApiError
-
-        try:
-            event = node_event_object(node, reason, message)
-            self.client.request("POST", "/api/v1/namespaces/default/events", body=event)
-        except ApiError as e:
-            raise ClaimApiError(e.status, e.reason) from None
+        self.client.request("POST", "/api/v1/namespaces/default/events", body=node_event_object(node, reason, message))

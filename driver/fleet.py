@@ -17,10 +17,11 @@ from typing import Any
 
 import structlog
 
-from driver.kubeapi import ApiError, KubeClient, path_escape
 from driver.model import NodeTopology
 from driver.publisher import NODES, SLICES, PublisherMetrics, apply_plan, field_selector
 from driver.slices import desired_slices, node_owner, plan_pool
+from kubeaccess.errors import ApiError
+from kubeaccess.sync import KubeClient, path_escape
 
 log = structlog.get_logger("topodra.fleet")
 

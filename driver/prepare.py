@@ -1,4 +1,4 @@
-"""Device state: claim -> devices -> CDI edits, with the checkpoint, per claim.
+"""Device state: claim -> devices -> CDI spec, with the checkpoint, per claim.
 
 `DeviceState.prepare(ref)` and `.unprepare(ref)` are what the kubelet's NodePrepareResources and
 NodeUnprepareResources do for one claim; they never raise for a claim's own problem, they return
@@ -6,45 +6,38 @@ its error text. Calls for one claim UID never interleave (striped locks); differ
 parallel. In rolling-update mode (two driver pods on one node) every call also holds the shared
 `serialize.lock` flock and re-reads the checkpoint, so either pod may serve any claim.
 
-CDI edits (one spec per claim, one CDI device per allocated device):
-- GPU: device node `/dev/nvidia<minor>` (required); for the whole claim `/dev/nvidiactl`,
-  `/dev/nvidia-uvm`, `/dev/nvidia-uvm-tools` (each when it exists) and
-  `NVIDIA_VISIBLE_DEVICES=<uuid>,...` listing the claim's GPUs in device order.
-- NIC: RDMA device node `/dev/infiniband/uverbs<n>` (when the NIC has an RDMA device whose verbs
-  node exists); for the claim `/dev/infiniband/rdma_cm` (when it exists),
-  `TOPODRA_NET_INTERFACES=<ifname>,...` and `TOPODRA_RDMA_DEVICES=<rdma dev>,...`; with
-  `netdevices` on, a CDI `netDevices` entry per NIC moves the interface into the container
-  (cdiVersion 1.1.0, runc 1.3+).
-Device nodes are looked up under `dev_root` (default /dev) and appear in the container at /dev/...
+What a claim's containers get is built in `driver.cdispec`; the locks are in `driver.locks`, the
+metrics in `driver.pluginmetrics`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from driver.cdi import CdiDevice, CdiError, CdiStore, ContainerEdits, DeviceNode, NetDevice, Spec, check_uid
+from driver.cdi import CdiError, CdiStore, check_uid
+from driver.cdispec import DeviceEnv, build_spec
 from driver.checkpoint import COMPLETED, STARTED, Checkpoint, ClaimEntry, LoadResult, PreparedDevice
-from driver.claims import ClaimApiError, ClaimsApi, Result, allocation_results
+from driver.claims import ClaimsApi, Result, allocation_results
+from driver.locks import FileLock, StripedLocks
 from driver.model import Gpu, Nic, NodeTopology
+from driver.pluginmetrics import PluginMetrics
+from kubeaccess.errors import ApiError
 
 log = structlog.get_logger("topodra.kubeletplugin")
 
 CRASH_POINTS = ("after-started", "after-cdi", "after-completed", "after-unprepare-cdi", "before-response")
-LOCK_STRIPES = 64
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True)
@@ -65,152 +58,6 @@ class PrepareResult:
 
 class PrepareError(Exception):
     """A claim cannot be prepared; the message goes to the kubelet as the claim's error."""
-
-
-@dataclass(frozen=True)
-class DeviceEnv:
-    dev_root: Path = Path("/dev")
-    sysfs_root: Path = Path("/sys")
-    netdevices: bool = False
-
-
-class PluginMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
-        self.seconds = Histogram(
-            "topodra_kubelet_plugin_claim_seconds",
-            "Time to prepare or unprepare one claim",
-            ["op"],
-            registry=r,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5, 45),
-        )
-        self.claims = Counter(
-            "topodra_kubelet_plugin_claims", "Claims handled, by operation and outcome", ["op", "outcome"], registry=r
-        )
-        self.prepared = Gauge("topodra_kubelet_plugin_prepared_claims", "Claims in the checkpoint", registry=r)
-        self.checkpoint_corrupt = Counter(
-            "topodra_kubelet_plugin_checkpoint_corrupt", "Corrupt checkpoints moved aside", registry=r
-        )
-        self.status_failures = Counter(
-            "topodra_kubelet_plugin_status_write_failures", "Failed ResourceClaim status writes", registry=r
-        )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# CDI edits
-
-
-def _node(dev: DeviceEnv, rel: str) -> tuple[DeviceNode, bool]:
-    host = dev.dev_root / rel
-    return DeviceNode(path=f"/dev/{rel}", host_path=str(host)), host.exists()
-
-
-def uverbs_for(rdma_device: str, sysfs_root: Path) -> str | None:
-    """`uverbs<n>` of an RDMA device, from `<sysfs>/class/infiniband_verbs/uverbs*/ibdev`."""
-    base = sysfs_root / "class" / "infiniband_verbs"
-    with contextlib.suppress(OSError):
-        for d in sorted(base.iterdir()):
-            with contextlib.suppress(OSError):
-                if (d / "ibdev").read_text().strip() == rdma_device:
-                    return d.name
-    return None
-
-
-def build_spec(
-    kind: str, claim_uid: str, devices: Sequence[tuple[str, Gpu | Nic]], dev: DeviceEnv
-) -> tuple[Spec, dict[str, str]]:
-    """The claim's spec and device name -> CDI device name. PrepareError when a required node is missing."""
-    cdi_devices: list[CdiDevice] = []
-    names: dict[str, str] = {}
-    uuids: list[str] = []
-    ifnames: list[str] = []
-    rdmas: list[str] = []
-    for name, d in devices:
-        if name in names:
-            continue
-        cdi_name = f"{claim_uid}-{name}"
-        names[name] = cdi_name
-        # Every CDI device needs at least one edit (runtimes refuse specs with an empty device): each
-        # names its PCI address in its own variable.
-        own_env = (f"TOPODRA_DEVICE_{name.upper().replace('-', '_')}={d.pci_bus_id}",)
-        if isinstance(d, Gpu):
-            node, ok = _node(dev, f"nvidia{d.minor}")
-            if not ok:
-                raise PrepareError(f"device {name}: device node {node.host_path} does not exist")
-            uuids.append(d.uuid)
-            cdi_devices.append(CdiDevice(cdi_name, ContainerEdits(env=own_env, device_nodes=(node,))))
-        else:
-            nodes: list[DeviceNode] = []
-            if d.rdma_device:
-                rdmas.append(d.rdma_device)
-                verbs = uverbs_for(d.rdma_device, dev.sysfs_root)
-                if verbs is not None:
-                    vnode, ok = _node(dev, f"infiniband/{verbs}")
-                    if ok:
-                        nodes.append(vnode)
-                    else:
-                        log.warning("rdma_node_missing", device=name, path=vnode.host_path)
-            ifnames.append(d.if_name)
-            nets = (NetDevice(d.if_name, d.if_name),) if dev.netdevices and d.if_name else ()
-            cdi_devices.append(
-                CdiDevice(cdi_name, ContainerEdits(env=own_env, device_nodes=tuple(nodes), net_devices=nets))
-            )
-    env: list[str] = []
-    shared: list[DeviceNode] = []
-    if uuids:
-        env.append("NVIDIA_VISIBLE_DEVICES=" + ",".join(uuids))
-        for rel in ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"):
-            node, ok = _node(dev, rel)
-            if ok:
-                shared.append(node)
-    if ifnames:
-        env.append("TOPODRA_NET_INTERFACES=" + ",".join(ifnames))
-    if rdmas:
-        env.append("TOPODRA_RDMA_DEVICES=" + ",".join(rdmas))
-        node, ok = _node(dev, "infiniband/rdma_cm")
-        if ok:
-            shared.append(node)
-    spec = Spec(kind=kind, devices=tuple(cdi_devices), edits=ContainerEdits(env=tuple(env), device_nodes=tuple(shared)))
-    return spec, names
-
-
-# ---------------------------------------------------------------------------------------------------------
-# locks
-
-
-class FileLock(AbstractContextManager[None]):
-    """An exclusive flock on a path, a new open file each time (so threads exclude each other too)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._local = threading.local()
-
-    def __enter__(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        self._local.fd = fd
-
-    def __exit__(self, *exc: object) -> None:
-        fd = self._local.fd
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-class StripedLocks:
-    def __init__(self, n: int = LOCK_STRIPES) -> None:
-        self._locks = tuple(threading.Lock() for _ in range(n))
-
-    @contextlib.contextmanager
-    def hold(self, key: str) -> Iterator[None]:
-        lock = self._locks[hash(key) % len(self._locks)]
-        with lock:
-            yield
-
-
-# ---------------------------------------------------------------------------------------------------------
-# device state
 
 
 @dataclass
@@ -335,7 +182,7 @@ class DeviceState:
     def unprepare_many(self, refs: Sequence[ClaimRef]) -> dict[str, str]:
         return self._many(self.unprepare, refs)
 
-    def _many(self, fn: Callable[[ClaimRef], Any], refs: Sequence[ClaimRef]) -> dict[str, Any]:
+    def _many(self, fn: Callable[[ClaimRef], _R], refs: Sequence[ClaimRef]) -> dict[str, _R]:
         if len(refs) <= 1:
             return {r.uid: fn(r) for r in refs}
         futures = [(r.uid, self._pool.submit(fn, r)) for r in refs]
@@ -376,7 +223,7 @@ class DeviceState:
         t_api = time.perf_counter()
         try:
             claim = self.api.get_claim(ref.namespace, ref.name)
-        except ClaimApiError as e:
+        except ApiError as e:
             raise PrepareError(f"retrieve claim {ref}: {e}") from None
         api_ms = (time.perf_counter() - t_api) * 1e3
         uid = (claim.get("metadata") or {}).get("uid")

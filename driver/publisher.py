@@ -8,7 +8,6 @@ backoff after API errors or outages. Slices are never deleted on shutdown.
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections import deque
@@ -20,9 +19,12 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from driver.discovery import DiscoveryError
-from driver.kubeapi import CONNECTED, ApiError, KubeClient, path_escape
 from driver.model import NodeTopology
 from driver.slices import Plan, desired_slices, device_diff, node_owner, plan_pool, validate_slice
+from kubeaccess.backoff import Backoff
+from kubeaccess.errors import ApiError
+from kubeaccess.stream import CONNECTED
+from kubeaccess.sync import KubeClient, path_escape
 
 SLICES = "/apis/resource.k8s.io/v1/resourceslices"
 NODES = "/api/v1/nodes"
@@ -45,21 +47,6 @@ class PublisherMetrics:
         self.devices = Gauge("topodra_devices_published", "Devices in the published pool", ["type"], registry=r)
         self.generation = Gauge("topodra_pool_generation", "Published pool generation", registry=r)
         self.discovery_errors = Counter("topodra_discovery_errors", "Failed discoveries", registry=r)
-
-
-class Backoff:
-    """Exponential backoff with jitter: 0.5 s, 1 s, 2 s, ... capped."""
-
-    def __init__(self, base: float = 0.5, cap: float = 30.0) -> None:
-        self.base, self.cap, self.n = base, cap, 0
-
-    def next(self) -> float:
-        d: float = min(self.cap, self.base * float(1 << self.n))
-        self.n = min(self.n + 1, 30)
-        return d * (0.8 + 0.4 * random.random())  # jitter, not crypto
-
-    def reset(self) -> None:
-        self.n = 0
 
 
 def field_selector(driver: str, node: str | None = None) -> str:
@@ -317,8 +304,6 @@ class PublishLoop:
                         continue
                     if kind == "BOOKMARK":
                         continue
-                    if kind == "ERROR":
-                        break
                     rv = ((ev.get("object") or {}).get("metadata") or {}).get("resourceVersion")
                     if kind == "DELETED" or not p.known(rv):
                         self.log.debug("slice_event", type=kind, name=ev["object"]["metadata"].get("name"))

@@ -3,7 +3,8 @@
 One asyncio task per kind: list (paginated) → replace that kind in the index → watch from the list's
 resourceVersion with bookmarks. A 410 Gone (expired resourceVersion) relists at once; any other error
 backs off exponentially with jitter. While a watch cannot reach the apiserver the cache reports itself
-stale; the extender keeps answering from what it has.
+stale; the extender keeps answering from what it has. The HTTP side (sessions, pages, event streams,
+errors) is `kubeaccess.aio`; this module decides what to list and what each event means.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-import orjson
 import structlog
 
+from kubeaccess.aio import AsyncKube
+from kubeaccess.backoff import Backoff
+from kubeaccess.errors import ApiError
+from kubeaccess.stream import CONNECTED
 from scheduler_plugin.index import Index
 from scheduler_plugin.metrics import Metrics
 from scheduler_plugin.model import (
@@ -54,9 +57,9 @@ KINDS: tuple[Kind, ...] = (
     Kind("resourceslices", f"{RESOURCE}/resourceslices"),
     Kind("resourceclaims", f"{RESOURCE}/resourceclaims"),
     Kind("resourceclaimtemplates", f"{RESOURCE}/resourceclaimtemplates"),
-    # Only bound, running pods matter (job placement); the rest would only cost memory.
-    Kind("pods", "/api/v1/pods",
-         {"fieldSelector": "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"}),
+    # Bound pods place jobs; pending ones are planned and steered (scheduler_plugin.steer). Finished pods
+    # hold nothing.
+    Kind("pods", "/api/v1/pods", {"fieldSelector": "status.phase!=Succeeded,status.phase!=Failed"}),
 )
 
 _PARSERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
@@ -102,16 +105,6 @@ def apply_event(index: Index, kind: str, etype: str, obj: Mapping[str, Any]) -> 
         index.upsert_pod(parsed)
 
 
-class Gone(Exception):
-    """The resourceVersion expired (HTTP 410): relist."""
-
-
-class ApiStatus(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-
-
 @dataclass
 class KindState:
     synced: bool = False
@@ -120,20 +113,6 @@ class KindState:
     last_error: str = ""
     resource_version: str = ""
     relists: int = 0
-
-
-class Backoff:
-    def __init__(self, base: float = 0.2, cap: float = 10.0, rng: random.Random | None = None) -> None:
-        self.base, self.cap, self.n = base, cap, 0
-        self.rng = rng or random.Random()
-
-    def next(self) -> float:
-        d = min(self.cap, self.base * 2.0 ** min(self.n, 30))
-        self.n += 1
-        return d * (0.5 + self.rng.random() / 2)
-
-    def reset(self) -> None:
-        self.n = 0
 
 
 class Cache:
@@ -147,6 +126,7 @@ class Cache:
         kinds: tuple[Kind, ...] = KINDS,
         stale_after: float = 2.0,
         watch_timeout: int = 300,
+        tls_server_name: str | None = None,
     ) -> None:
         self.index = index
         self.server = server.rstrip("/")
@@ -156,9 +136,10 @@ class Cache:
         self.kinds = kinds
         self.stale_after = stale_after
         self.watch_timeout = watch_timeout
+        self.tls_server_name = tls_server_name
         self.states: dict[str, KindState] = {k.name: KindState() for k in kinds}
         self.log = structlog.get_logger("topodra.extender.cache")
-        self._session: aiohttp.ClientSession | None = None
+        self._api: AsyncKube | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._rng = random.Random()
 
@@ -181,9 +162,8 @@ class Cache:
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(ssl=self.ssl_context if self.ssl_context is not None else False,
-                                         limit=len(self.kinds) * 2)
-        self._session = aiohttp.ClientSession(connector=connector, json_serialize=lambda o: orjson.dumps(o).decode())
+        self._api = AsyncKube(self.server, self.ssl_context, self.token, connections=len(self.kinds) * 2,
+                              user_agent="topodra-extender", tls_server_name=self.tls_server_name)
         self._tasks = [asyncio.create_task(self._run(k), name=f"watch-{k.name}") for k in self.kinds]
 
     async def stop(self) -> None:
@@ -192,19 +172,12 @@ class Cache:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        if self._session is not None:
-            await self._session.close()
-
-    def _headers(self) -> dict[str, str]:
-        h = {"Accept": "application/json", "User-Agent": "topodra-extender"}
-        tok = self.token()
-        if tok:
-            h["Authorization"] = f"Bearer {tok}"
-        return h
+        if self._api is not None:
+            await self._api.close()
 
     async def _run(self, kind: Kind) -> None:
         st = self.states[kind.name]
-        backoff = Backoff(rng=self._rng)
+        backoff = Backoff(base=0.2, cap=10.0, jitter=0.5, rng=self._rng)
         while True:
             try:
                 if not st.resource_version:
@@ -213,23 +186,28 @@ class Cache:
                 backoff.reset()
             except asyncio.CancelledError:
                 raise
-            except Gone:
-                st.resource_version = ""
-                st.relists += 1
-                self.metrics.watch_restarts.labels(kind.name, "relist").inc()
-                self.log.info("watch_expired_relist", kind=kind.name)
+            except ApiError as e:
+                if e.gone:
+                    st.resource_version = ""
+                    st.relists += 1
+                    self.metrics.watch_restarts.labels(kind.name, "relist").inc()
+                    self.log.info("watch_expired_relist", kind=kind.name)
+                    continue
+                await self._failed(kind, st, e, backoff)
             except Exception as e:  # a watch must never die: log, back off, retry
-                if not isinstance(e, TimeoutError | aiohttp.ClientError | ApiStatus | OSError | ValueError):
-                    self.log.exception("watch_unexpected_error", kind=kind.name)
-                st.connected = False
-                if st.error_since is None:
-                    st.error_since = time.monotonic()
-                st.last_error = f"{e.__class__.__name__}: {e}"
-                self.metrics.watch_restarts.labels(kind.name, "error").inc()
-                delay = backoff.next()
-                self.log.warning("watch_error", kind=kind.name, error=st.last_error, retry_in=round(delay, 2))
-                self.update_gauges()
-                await asyncio.sleep(delay)
+                self.log.exception("watch_unexpected_error", kind=kind.name)
+                await self._failed(kind, st, e, backoff)
+
+    async def _failed(self, kind: Kind, st: KindState, e: Exception, backoff: Backoff) -> None:
+        st.connected = False
+        if st.error_since is None:
+            st.error_since = time.monotonic()
+        st.last_error = f"{e.__class__.__name__}: {e}"
+        self.metrics.watch_restarts.labels(kind.name, "error").inc()
+        delay = backoff.next()
+        self.log.warning("watch_error", kind=kind.name, error=st.last_error, retry_in=round(delay, 2))
+        self.update_gauges()
+        await asyncio.sleep(delay)
 
     def _contact(self, st: KindState) -> None:
         st.connected = True
@@ -239,32 +217,8 @@ class Cache:
         st.last_error = ""
 
     async def _list(self, kind: Kind, st: KindState) -> None:
-        assert self._session is not None
-        items: list[Any] = []
-        cont = ""
-        rv = ""
-        parse = _PARSERS[kind.name]
-        while True:
-            q = {**kind.query, "limit": str(PAGE)}
-            if cont:
-                q["continue"] = cont
-            async with self._session.get(self.server + kind.path, params=q, headers=self._headers(),
-                                         timeout=aiohttp.ClientTimeout(total=60)) as r:
-                body = await r.read()
-                if r.status == 410 and cont:
-                    cont = ""  # continue token expired: start the list again
-                    items = []
-                    continue
-                if r.status >= 300:
-                    raise ApiStatus(r.status, body[:300].decode(errors="replace"))
-            doc = orjson.loads(body)
-            items.extend(parse(o) for o in doc.get("items") or [])
-            meta = doc.get("metadata") or {}
-            rv = str(meta.get("resourceVersion") or "")
-            cont = str(meta.get("continue") or "")
-            if not cont:
-                break
-            await asyncio.sleep(0)  # let requests in between pages
+        assert self._api is not None
+        items, rv = await self._api.list_all(kind.path, kind.query, _PARSERS[kind.name], page=PAGE)
         self.index.replace(kind.name, items)
         # Absorb the changes now, in slices, so that no extender call pays for a whole relist.
         while self.index.recompute_some(RECOMPUTE_SLICE):
@@ -276,38 +230,21 @@ class Cache:
         self.update_gauges()
 
     async def _watch(self, kind: Kind, st: KindState) -> None:
-        assert self._session is not None
+        assert self._api is not None
         timeout = self.watch_timeout + self._rng.randint(0, self.watch_timeout // 5)
-        q = {**kind.query, "watch": "1", "allowWatchBookmarks": "true", "resourceVersion": st.resource_version,
+        q = {**kind.query, "allowWatchBookmarks": "true", "resourceVersion": st.resource_version,
              "timeoutSeconds": str(timeout)}
-        async with self._session.get(self.server + kind.path, params=q, headers=self._headers(),
-                                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=5,
-                                                                   sock_read=WATCH_SILENCE)) as r:
-            if r.status == 410:
-                raise Gone()
-            if r.status >= 300:
-                raise ApiStatus(r.status, (await r.read())[:300].decode(errors="replace"))
-            self._contact(st)
-            self.update_gauges()
-            buf = b""
-            async for chunk in r.content.iter_any():
-                buf += chunk
-                while True:
-                    nl = buf.find(b"\n")
-                    if nl < 0:
-                        break
-                    line, buf = buf[:nl], buf[nl + 1:]
-                    if line.strip():
-                        self._event(kind, st, orjson.loads(line))
+        async with contextlib.aclosing(self._api.watch(kind.path, q, silence=WATCH_SILENCE)) as events:
+            async for ev in events:
+                if ev.get("type") == CONNECTED:
+                    self._contact(st)
+                    self.update_gauges()
+                else:
+                    self._event(kind, st, ev)
 
     def _event(self, kind: Kind, st: KindState, ev: Mapping[str, Any]) -> None:
         etype = ev.get("type")
         obj = ev.get("object") or {}
-        if etype == "ERROR":
-            code = obj.get("code")
-            if code == 410 or obj.get("reason") in ("Expired", "Gone"):
-                raise Gone()
-            raise ApiStatus(int(code or 0), str(obj.get("message") or obj))
         rv = (obj.get("metadata") or {}).get("resourceVersion")
         if etype == "BOOKMARK":
             if rv:

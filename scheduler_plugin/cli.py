@@ -74,8 +74,8 @@ def configure_logging(level: str) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from driver.kubeapi import ConfigError as KubeConfigError
-    from driver.kubeapi import load_credentials
+    from kubeaccess.credentials import load_credentials
+    from kubeaccess.errors import CredentialsError
     from scheduler_plugin.config import ConfigError, load_config
 
     configure_logging(a.log_level)
@@ -86,7 +86,7 @@ def run(a: argparse.Namespace) -> int:
     try:
         cfg = load_config(a.config)
         creds = load_credentials(a.kubeconfig)
-    except (ConfigError, KubeConfigError) as e:
+    except (ConfigError, CredentialsError) as e:
         print(f"topodra extender: {e}", file=sys.stderr)
         return 2
     try:
@@ -118,7 +118,7 @@ async def _freeze_when_synced(cache: Any) -> None:
 async def _serve(a: argparse.Namespace, cfg: Any, creds: Any) -> None:
     from aiohttp import web
 
-    from driver.kubeapi import _ssl_context
+    from kubeaccess.credentials import ssl_context, token_reader
     from scheduler_plugin.cache import Cache
     from scheduler_plugin.index import Index
     from scheduler_plugin.metrics import Metrics
@@ -128,15 +128,8 @@ async def _serve(a: argparse.Namespace, cfg: Any, creds: Any) -> None:
     index = Index(cfg)
     metrics = Metrics()
 
-    def token() -> str | None:
-        if creds.token:
-            return str(creds.token)
-        if creds.token_file:
-            return Path(creds.token_file).read_text().strip()
-        return None
-
-    cache = Cache(index, creds.server, metrics, ssl_context=_ssl_context(creds), token=token,
-                  stale_after=cfg.stale_after_seconds)
+    cache = Cache(index, creds.server, metrics, ssl_context=ssl_context(creds), token=token_reader(creds),
+                  stale_after=cfg.stale_after_seconds, tls_server_name=creds.tls_server_name)
     ext = Extender(cfg, index, metrics, cache, require_client_cert=a.client_ca is not None)
     tls = server_ssl_context(a.tls_cert, a.tls_key, a.client_ca) if a.tls_cert else None
     runner = web.AppRunner(ext.app(), access_log=None, handle_signals=False)

@@ -24,14 +24,16 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from driver.cdi import CdiStore
+from driver.cdispec import DeviceEnv
 from driver.checkpoint import DEFAULT_BOOT_ID_FILE, Checkpoint, read_boot_id
 from driver.claims import ClaimsApi, KubeClientClaimsApi
 from driver.errors import StartupError
-from driver.kubeapi import KubeClient
-from driver.kubeletplugin import dra_service, health, registration
+from driver.kubeletplugin import dra_service, health, health_service, probes, registration
 from driver.kubeletplugin.paths import SocketPaths
 from driver.model import NodeTopology
-from driver.prepare import CRASH_POINTS, DeviceEnv, DeviceState, DeviceStateConfig, PluginMetrics
+from driver.pluginmetrics import PluginMetrics
+from driver.prepare import CRASH_POINTS, DeviceState, DeviceStateConfig
+from kubeaccess.sync import KubeClient
 
 log = structlog.get_logger("topodra.kubeletplugin")
 
@@ -133,7 +135,7 @@ class KubeletPlugin:
         if cfg.health_enabled:
             self.monitor = health.HealthMonitor(
                 topology_getter,
-                [health.NicLinkProbe(cfg.sysfs_root), health.NvmlProbe()],
+                [probes.NicLinkProbe(cfg.sysfs_root), probes.NvmlProbe()],
                 interval=cfg.health_interval,
                 on_change=self._health_changed,
             )
@@ -176,7 +178,7 @@ class KubeletPlugin:
     def _dra_handlers(self) -> list[grpc.GenericRpcHandler[Any, Any]]:
         hs = dra_service.handlers(self.state)
         if self.monitor is not None:
-            hs += health.handlers(self.monitor, self.cfg.health_resend)
+            hs += health_service.handlers(self.monitor, self.cfg.health_resend)
         return hs
 
     def _serve(self, sock: Path, handlers: list[grpc.GenericRpcHandler[Any, Any]], workers: int) -> grpc.Server:

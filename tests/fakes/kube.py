@@ -1,4 +1,4 @@
-"""Helpers for driver tests against the real local cluster (raw JSON through driver.kubeapi)."""
+"""Helpers for driver tests against the real local cluster (raw JSON through kubeaccess.sync)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from typing import Any, TypeVar
 
 import yaml
 
-from driver.kubeapi import ApiError, KubeClient
 from driver.model import NodeTopology
 from driver.publisher import SLICES, field_selector
 from driver.slices import desired_slices, devices_equal
+from kubeaccess.errors import ApiError
+from kubeaccess.sync import KubeClient
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICE_CLASSES = ROOT / "deploy" / "deviceclasses.yaml"

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from driver.discovery.filebackend import parse_topology
-from driver.kubeapi import ApiError, KubeClient
 from driver.publisher import SlicePublisher
+from kubeaccess.errors import ApiError
+from kubeaccess.sync import KubeClient
 from tests.fakes.kube import apply_device_classes, node_slices, wait_for
 
 pytestmark = pytest.mark.cluster

@@ -12,10 +12,10 @@ import pytest
 
 from driver.discovery import BackendConfig, discover
 from driver.discovery.filebackend import parse_topology
-from driver.kubeapi import KubeClient
 from driver.model import NodeTopology
 from driver.publisher import SlicePublisher
 from driver.slices import device_entries, normalize_devices
+from kubeaccess.sync import KubeClient
 from tests.fakes.kube import DriverProcess, api_matches, node_slices, wait_for
 from tests.fakes.nvml import build_fake_nvml, nvml_env, write_nvml_config
 from tests.fakes.sysfs import build_sysfs

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from driver.discovery import discover_fleet
-from driver.kubeapi import KubeClient
 from driver.publisher import SlicePublisher
+from kubeaccess.sync import KubeClient
 from tests.fakes.kube import DEVICE_CLASSES, apply_device_classes, node_slices, wait_for
 
 pytestmark = pytest.mark.cluster

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from driver.discovery import discover_fleet
-from driver.kubeapi import ApiError, KubeClient
 from driver.publisher import SLICES, field_selector
+from kubeaccess.errors import ApiError
+from kubeaccess.sync import KubeClient
 from tests.fakes.kube import DriverProcess, api_matches, node_slices, wait_for
 
 pytestmark = pytest.mark.cluster

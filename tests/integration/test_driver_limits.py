@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from driver.kubeapi import ApiError, KubeClient
 from driver.model import Gpu, NodeTopology
 from driver.publisher import SLICES
 from driver.slices import desired_slices, slice_object, validate_slice
+from kubeaccess.errors import ApiError
+from kubeaccess.sync import KubeClient
 
 pytestmark = pytest.mark.cluster
 

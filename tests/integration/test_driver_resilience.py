@@ -13,8 +13,8 @@ import pytest
 
 from driver.app import DriverApp, DriverConfig
 from driver.discovery.filebackend import parse_topology
-from driver.kubeapi import KubeClient
 from driver.publisher import SLICES
+from kubeaccess.sync import KubeClient
 from tests.fakes.kube import DriverProcess, api_matches, node_slices, wait_for
 
 pytestmark = pytest.mark.cluster

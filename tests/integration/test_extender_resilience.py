@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from driver.kubeapi import ApiError, KubeClient
+from kubeaccess.errors import ApiError
+from kubeaccess.sync import KubeClient
 from tests.fakes.kube import apply_device_classes
 from tests.integration.test_extender_scheduling import Fleet
 from tests.integration.test_extender_support import (

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from driver.kubeapi import KubeClient
+from kubeaccess.sync import KubeClient
 from tests.fakes.kube import apply_device_classes
 from tests.integration.test_extender_support import (
     STD,

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from driver.kubeapi import ApiError, KubeClient
+from kubeaccess.errors import ApiError
+from kubeaccess.sync import KubeClient
 from scheduler_plugin.schedconfig import SchedulerSettings, extender_entry
 from topodra_cli.localcluster import LocalCluster, pki
 from topodra_cli.localcluster.processes import free_port

@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 import pytest
 
-from driver.kubeapi import KubeClient
+from kubeaccess.sync import KubeClient
 from tests.fakes.kube import DriverProcess, apply_device_classes, node_slices, wait_for
 from tests.fakes.kubeletsim import KubeletSim
 

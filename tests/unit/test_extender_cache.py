@@ -10,7 +10,8 @@ import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from scheduler_plugin.cache import Backoff, Cache, Kind
+from kubeaccess.backoff import Backoff
+from scheduler_plugin.cache import Cache, Kind
 from scheduler_plugin.config import default_config
 from scheduler_plugin.index import Index
 from scheduler_plugin.metrics import Metrics

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from driver.claims import ClaimApiError
+from kubeaccess.errors import ApiError
 from tests.fakes.kubeletsim import KubeletSim, RegistrationRefused, claims_request
 from tests.unit.test_kubeletplugin_support import DRIVER, NODE, Env, env, topology
 
@@ -222,7 +222,7 @@ def test_unprepare_removes_spec_and_unknown_is_success(env: Env) -> None:
 def test_api_errors_are_per_claim(env: Env) -> None:
     env.start()
     c = env.claims.add([("gpu", "gpu-0")])
-    env.claims.fail_get = ClaimApiError(0, "connection refused")
+    env.claims.fail_get = ApiError(0, "connection refused")
     with env.sim() as k:
         res = k.prepare([c])
     assert res[c[1]].error == f"retrieve claim {c[0]}/{c[2]}: connection refused"

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from driver.claims import ClaimApiError
 from driver.kubeletplugin.runner import KubeletPlugin, PluginConfig
 from driver.model import Gpu, Nic, NodeTopology
+from kubeaccess.errors import ApiError
 from tests.fakes.kubeletsim import KubeletSim
 
 NODE = "node-a"
@@ -67,7 +67,7 @@ class FakeClaims:
     gets: int = 0
     status_writes: list[tuple[str, str, list[dict[str, Any]]]] = field(default_factory=list)
     events: list[tuple[str, str, str]] = field(default_factory=list)
-    fail_get: ClaimApiError | None = None
+    fail_get: ApiError | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(
@@ -94,7 +94,7 @@ class FakeClaims:
             raise self.fail_get
         c = self.claims.get((namespace, name))
         if c is None:
-            raise ClaimApiError(404, f'resourceclaims.resource.k8s.io "{name}" not found')
+            raise ApiError(404, f'resourceclaims.resource.k8s.io "{name}" not found')
         return c
 
     def node_event(self, node: str, reason: str, message: str) -> None:

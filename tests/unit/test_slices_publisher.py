@@ -10,9 +10,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
-from driver.kubeapi import ApiError
 from driver.model import Gpu, NodeTopology
-from driver.publisher import SLICES, Backoff, PublishLoop, SlicePublisher
+from driver.publisher import SLICES, PublishLoop, SlicePublisher
+from kubeaccess.backoff import Backoff
+from kubeaccess.errors import ApiError
 
 GPU = Gpu("0000:0a:00.0", "GPU-1", 0, 0, "NVIDIA H100 80GB HBM3", "Nvidia", "Hopper", "9.0", "550.54.15", "12.4",
           80 * 2**30, 0, "pci0000:00")
