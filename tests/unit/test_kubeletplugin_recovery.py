@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from driver.cdi import CdiStore, ContainerEdits, DeviceNode, NetDevice, Spec
+from driver.cdispec import DeviceEnv, build_spec
 from driver.checkpoint import STARTED, Checkpoint, ClaimEntry, PreparedDevice, decode, encode
 from driver.devicehealth import mark_unhealthy
-from driver.kubeletplugin.health import CRITICAL_XIDS, NvmlProbe, device_health
-from driver.prepare import DeviceEnv, build_spec
+from driver.kubeletplugin.health import device_health
+from driver.kubeletplugin.probes import CRITICAL_XIDS, NvmlProbe
 from tests.unit.test_kubeletplugin_support import DRIVER, NODE, Env, env, gpu, nic, topology
 
 __all__ = ["env"]
