@@ -270,7 +270,7 @@ def test_wrapper_counts_poll_errors_and_fails_when_it_saw_nothing() -> None:
             raise ConnectionError("apiserver restarting")
         return [], []
 
-    with pytest.raises(AssertionError, match="no pod seen .* failed .*apiserver restarting"), \
+    with pytest.raises(AssertionError, match=r"no pod seen .* failed .*apiserver restarting"), \
             GangInvariants(None, None, period=0.02, fetch=fetch):
         time.sleep(0.1)
 
@@ -283,5 +283,5 @@ def test_wrapper_keeps_the_blocks_own_failure() -> None:
 
 
 def test_wrapper_refuses_a_slow_period() -> None:
-    with pytest.raises(ValueError, match="at most 0.2"):
+    with pytest.raises(ValueError, match=r"at most 0\.2"):
         GangInvariants(None, None, period=0.5, fetch=scripted(([], [])))
