@@ -253,7 +253,8 @@ def test_wrapper_raises_every_violation_at_exit() -> None:
 
 
 def test_wrapper_passes_a_clean_run_and_exposes_counters() -> None:
-    states = ([pod("a"), pod("b")], []), ([pod("a", node="n1"), pod("b", node="n1")], [])
+    states: list[tuple[list[Json], list[Json]]] = [([pod("a"), pod("b")], []),
+                                                   ([pod("a", node="n1"), pod("b", node="n1")], [])]
     with GangInvariants(None, [NS], burst=0.5, period=0.02, fetch=scripted(*states)) as inv:
         time.sleep(0.1)
     assert inv.counters.polls >= 3
