@@ -11,7 +11,6 @@ Single-threaded by design: the asyncio loop owns it (watch events and HTTP handl
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,10 +31,10 @@ from scheduler_plugin.model import (
     Slice,
 )
 
-# Attributes unique to one device; left out of profiles so that equal hardware shares a profile.
+# Attributes unique to one device; left out of profiles so that equal hardware shares a profile, unless
+# a DeviceClass selector reads them (see Index.dropped).
 IDENTITY_ATTRS = frozenset({"uuid", "pciBusID", "mac", "ifName", "index", "minor", "rdmaDevice", "serial",
                             "sriovPF", "serialNumber", "pciAddress"})
-_IDENTITY_RE = re.compile(r"\b(" + "|".join(sorted(IDENTITY_ATTRS)) + r")\b")
 
 JobKey = tuple[str, str]  # (namespace, "source=value")
 NO_DEVICES = -1  # signature id of nodes that publish no devices (or are unknown)
@@ -156,6 +155,7 @@ class Index:
         self.req_ids: dict[Requirements, int] = {}
         self.memo: dict[int, FitTable] = {}
         self.class_match: dict[tuple[str, int], bool | None] = {}
+        self.dropped = IDENTITY_ATTRS  # identity attributes profiles leave out: those no DeviceClass reads
         self.kinds: dict[str, str] = {}
         self.domain_free: list[Counter[str]] = [Counter() for _ in cfg.levels]
         self.dirty: set[str] = set()
@@ -269,6 +269,13 @@ class Index:
             self._classes_changed()
 
     def _classes_changed(self) -> None:
+        # A class serves many pods: the identity attributes its selectors read stay in the shared profiles
+        # (judging it on each node's own devices would cost per-node work on every filter call).
+        read = {a for dc in self.classes.values() for s in dc.selectors for a in self.cel.names(s)}
+        dropped = IDENTITY_ATTRS - read
+        if dropped != self.dropped:
+            self.dropped = dropped
+            self.dirty.update(self.nodes)
         self.class_match.clear()
         self.kinds.clear()
         self.memo.clear()
@@ -497,7 +504,7 @@ class Index:
         return self._dom_rank
 
     def profile(self, d: Device) -> Profile:
-        reduced = tuple((q, v) for q, v in d.attrs if q.rpartition("/")[2] not in IDENTITY_ATTRS)
+        reduced = tuple((q, v) for q, v in d.attrs if q.rpartition("/")[2] not in self.dropped)
         key = (d.driver, reduced, d.tainted)
         p = self.profiles.get(key)
         if p is None:
@@ -569,8 +576,8 @@ class Index:
         return result
 
     def exact(self, req: Requirements) -> bool:
-        """Selectors that name per-device identity attributes cannot use shared profiles."""
-        return any(_IDENTITY_RE.search(s) for v in req.variants for n in v.needs for s in n.selectors)
+        """Request selectors that read identity attributes the profiles leave out cannot use shared profiles."""
+        return any(self.cel.names(s) & self.dropped for v in req.variants for n in v.needs for s in n.selectors)
 
     def fits(self, req: Requirements) -> FitTable:
         """The memo for these requirements (results by node signature and by node shape)."""

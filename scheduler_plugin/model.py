@@ -12,7 +12,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-AttrValue = str | int | bool
+
+@dataclass(frozen=True, slots=True, order=True)
+class Version:
+    """A `version` attribute. Not a plain string: in CEL it is a semver object, and comparing it with a
+    string is an error (`==`) where a plain string would just be unequal."""
+
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+AttrValue = str | int | bool | Version
 Json = dict[str, Any]
 DeviceKey = tuple[str, str, str]  # (driver, pool, device)
 
@@ -51,12 +63,13 @@ def qualify(driver: str, name: str) -> str:
 
 
 def attr_value(v: Mapping[str, Any]) -> AttrValue | None:
-    for key in ("string", "int", "bool", "version"):
+    for key in ("string", "int", "bool"):
         if key in v:
             x = v[key]
             if isinstance(x, str | int | bool):
                 return x
-    return None
+    x = v.get("version")
+    return Version(x) if isinstance(x, str) else None
 
 
 @dataclass(frozen=True, slots=True)
