@@ -41,9 +41,7 @@ from scheduler_plugin.server import Extender, server_ssl_context
 from scheduler_plugin.wire import filter_result, parse_args, priority_list
 from topodra_cli.localcluster import pki
 from topodra_cli.localcluster.processes import free_port
-
-STD = "resource.kubernetes.io"
-Json = dict[str, Any]
+from topodra_cli.testing.objects import STD, Json, gpu_nic_template
 
 
 def rss_kib() -> int:
@@ -65,18 +63,6 @@ def _dev(kind: str, i: int, clique: str) -> Json:
     return {"name": f"{kind}-{i}", "attributes": attrs}
 
 
-def _template(name: str, gpus: int, nics: int, match: str | None) -> Json:
-    reqs = []
-    if gpus:
-        reqs.append({"name": "gpu", "exactly": {"deviceClassName": "gpu.topodra.dev", "count": gpus}})
-    if nics:
-        reqs.append({"name": "nic", "exactly": {"deviceClassName": "nic.topodra.dev", "count": nics}})
-    devices: Json = {"requests": reqs}
-    if match:
-        devices["constraints"] = [{"matchAttribute": match}]
-    return {"metadata": {"namespace": "bench", "name": name}, "spec": {"spec": {"devices": devices}}}
-
-
 CLASSES = [
     {"metadata": {"name": f"{k}.topodra.dev"}, "spec": {"selectors": [{"cel": {"expression":
         f'device.driver == "topodra.dev" && device.attributes["topodra.dev"].type == "{k}"'}}]}}
@@ -87,8 +73,10 @@ CLASSES = [
 def build(index: Index, n: int, rng: random.Random, pattern: str = "random") -> list[str]:
     for dc in CLASSES:
         apply_event(index, "deviceclasses", "ADDED", dc)
-    for t in (_template("pair", 1, 1, f"{STD}/pcieRoot"), _template("quad", 4, 4, f"{STD}/numaNode"),
-              _template("g2", 2, 0, None), _template("n2", 0, 2, None), _template("eight", 8, 0, None)):
+    for t in (gpu_nic_template("bench", "pair", 1, 1, f"{STD}/pcieRoot"),
+              gpu_nic_template("bench", "quad", 4, 4, f"{STD}/numaNode"),
+              gpu_nic_template("bench", "g2", 2, 0), gpu_nic_template("bench", "n2", 0, 2),
+              gpu_nic_template("bench", "eight", 8, 0)):
         apply_event(index, "resourceclaimtemplates", "ADDED", t)
     names = []
     for i in range(n):

@@ -49,13 +49,12 @@ from driver.kubeapi import CONNECTED, ApiError, KubeClient
 from scheduler_plugin.schedconfig import SchedulerSettings, scheduler_config
 from topodra_cli.localcluster import LocalCluster, pki
 from topodra_cli.localcluster.processes import free_port
+from topodra_cli.testing.objects import STD, Json, claim_pod, gpu_nic_template
 
 # How the extender runs in row (b), in one place (besides where it listens, its TLS files and kubeconfig,
 # which the bench chooses). The admin kubeconfig it gets can patch pods/status.
 EXTENDER_ARGS: tuple[str, ...] = ("--log-level=warning",)
 
-STD = "resource.kubernetes.io"
-Json = dict[str, Any]
 CLASSES = [
     {"apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": f"{k}.topodra.dev"},
      "spec": {"selectors": [{"cel": {"expression":
@@ -215,22 +214,15 @@ class PodWatch:
 
 
 def pod_body(i: int) -> Json:
-    return {
-        "metadata": {"name": f"p-{i}", "labels": {"topodra.dev/job": f"j{i // 8}"}},
-        "spec": {"terminationGracePeriodSeconds": 0, "nodeSelector": {"topodra.dev/bench": "1"},
-                 "containers": [{"name": "c", "image": "busybox", "resources": {"claims": [{"name": "acc"}]}}],
-                 "resourceClaims": [{"name": "acc", "resourceClaimTemplateName": "pair"}]},
-    }
+    return claim_pod(f"p-{i}", {"acc": "pair"}, node_selector={"topodra.dev/bench": "1"},
+                     labels={"topodra.dev/job": f"j{i // 8}"})
 
 
 def run_pods(client: KubeClient, ns: str, pods: int, timeout: float) -> tuple[float, list[float], list[float]]:
     """Wall seconds from the first create to the last bind; per pod: create→bound and claims ready→bound."""
     client.request("POST", "/api/v1/namespaces", body={"metadata": {"name": ns}})
-    client.request("POST", f"/apis/resource.k8s.io/v1/namespaces/{ns}/resourceclaimtemplates", body={
-        "metadata": {"name": "pair"}, "spec": {"spec": {"devices": {
-            "requests": [{"name": "gpu", "exactly": {"deviceClassName": "gpu.topodra.dev"}},
-                         {"name": "nic", "exactly": {"deviceClassName": "nic.topodra.dev"}}],
-            "constraints": [{"requests": ["gpu", "nic"], "matchAttribute": f"{STD}/pcieRoot"}]}}}})
+    client.request("POST", f"/apis/resource.k8s.io/v1/namespaces/{ns}/resourceclaimtemplates",
+                   body=gpu_nic_template(None, "pair", match=f"{STD}/pcieRoot"))
     time.sleep(1.0)  # let the template reach the controller-manager's informers
     watch = PodWatch(client, ns, pods)
     watch.start()

@@ -35,6 +35,7 @@ from topodra_cli.localcluster.hostcheck import default_node_name, machine_cannot
 from topodra_cli.localcluster.mounts import mounts_under
 from topodra_cli.localcluster.podspec import real_node_pod
 from topodra_cli.localcluster.realnode import RealNode
+from topodra_cli.testing.objects import STD, gpu_nic_template
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
@@ -275,15 +276,6 @@ def test_driver_registers_with_the_kubelet_and_publishes(cluster: LocalCluster, 
     wait_until(lambda: devices() == ["gpu-0", "gpu-1", "nic-0"], 60, "the node's ResourceSlices", e2e.node)
 
 
-def _claim_template(name: str, requests: list[dict[str, Any]], constraints: list[dict[str, Any]] | None = None
-                    ) -> dict[str, Any]:
-    devices: dict[str, Any] = {"requests": requests}
-    if constraints:
-        devices["constraints"] = constraints
-    return {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
-            "metadata": {"name": name}, "spec": {"spec": {"devices": devices}}}
-
-
 def _run_claim_pod(cluster: LocalCluster, e2e: Env, baseline: Probe, ns: str, pod_name: str, template: str,
                    *, complete: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run a probe pod with one claim from `template`; check its view against the CDI spec; let it complete
@@ -369,8 +361,8 @@ def test_gpu_claim_pod_sees_exactly_its_cdi_spec(
     from kubernetes import client
 
     device_classes(cluster)
-    client.ResourceV1Api(cluster.api_client()).create_namespaced_resource_claim_template(namespace, _claim_template(
-        "one-gpu", [{"name": "gpu", "exactly": {"deviceClassName": "gpu.topodra.dev"}}]))
+    client.ResourceV1Api(cluster.api_client()).create_namespaced_resourceclaim_template(namespace, gpu_nic_template(
+        None, "one-gpu", gpus=1, nics=0))
     spec, results = _run_claim_pod(cluster, e2e, baseline, namespace, "gpu", "one-gpu")
     assert len(results) == 1 and results[0]["request"] == "gpu"
     gpu = results[0]["device"]
@@ -387,10 +379,8 @@ def test_aligned_gpu_nic_claim_pod_sees_exactly_its_cdi_spec(
     from kubernetes import client
 
     device_classes(cluster)
-    client.ResourceV1Api(cluster.api_client()).create_namespaced_resource_claim_template(namespace, _claim_template(
-        "gpu-nic", [{"name": "gpu", "exactly": {"deviceClassName": "gpu.topodra.dev"}},
-                    {"name": "nic", "exactly": {"deviceClassName": "nic.topodra.dev"}}],
-        [{"requests": ["gpu", "nic"], "matchAttribute": "resource.kubernetes.io/pcieRoot"}]))
+    client.ResourceV1Api(cluster.api_client()).create_namespaced_resourceclaim_template(namespace, gpu_nic_template(
+        None, "gpu-nic", gpus=1, nics=1, match=f"{STD}/pcieRoot"))
     spec, results = _run_claim_pod(cluster, e2e, baseline, namespace, "pair", "gpu-nic")
     assert sorted((r["request"], r["device"]) for r in results) == [("gpu", "gpu-1"), ("nic", "nic-0")]
     env, nodes = spec_edits(spec)
@@ -406,8 +396,8 @@ def test_deleting_a_running_pod_unprepares_its_claim(
     from kubernetes import client
 
     device_classes(cluster)
-    client.ResourceV1Api(cluster.api_client()).create_namespaced_resource_claim_template(namespace, _claim_template(
-        "one-gpu", [{"name": "gpu", "exactly": {"deviceClassName": "gpu.topodra.dev"}}]))
+    client.ResourceV1Api(cluster.api_client()).create_namespaced_resourceclaim_template(namespace, gpu_nic_template(
+        None, "one-gpu", gpus=1, nics=0))
     _, results = _run_claim_pod(cluster, e2e, baseline, namespace, "deleted", "one-gpu", complete=False)
     assert len(results) == 1
 

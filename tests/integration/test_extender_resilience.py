@@ -11,20 +11,18 @@ import pytest
 
 from kubeaccess.errors import ApiError
 from kubeaccess.sync import KubeClient
-from tests.fakes.kube import apply_device_classes
-from tests.integration.test_extender_scheduling import Fleet
 from tests.integration.test_extender_support import (
-    STD,
     ExtenderProcess,
+    Fleet,
     allocated_devices,
     claim_template,
-    eight_by_eight,
     extender_scheduler,
     make_pod,
     post,
     wait_bound,
 )
 from topodra_cli.localcluster import LocalCluster
+from topodra_cli.testing.objects import STD, eight_by_eight
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -35,22 +33,6 @@ CONFIG = "staleAfterSeconds: 0\n"
 def extender(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExtenderProcess]:
     with extender_scheduler(cluster, tmp_path_factory.mktemp("extender-res"), config=CONFIG) as ext:
         yield ext
-
-
-@pytest.fixture()
-def client(cluster: LocalCluster) -> Iterator[KubeClient]:
-    c = KubeClient.load(str(cluster.kubeconfig))
-    apply_device_classes(c)
-    yield c
-
-
-@pytest.fixture()
-def fleet(cluster: LocalCluster, client: KubeClient) -> Iterator[Fleet]:
-    f = Fleet(cluster, client)
-    try:
-        yield f
-    finally:
-        f.cleanup()
 
 
 def _retry(fn: object, *args: object, timeout: float = 60, **kwargs: object) -> None:

@@ -10,24 +10,18 @@ from pathlib import Path
 import pytest
 
 from kubeaccess.sync import KubeClient
-from tests.fakes.kube import apply_device_classes
 from tests.integration.test_extender_support import (
-    STD,
     ExtenderProcess,
+    Fleet,
     claim_template,
-    delete_slices,
-    eight_by_eight,
     events,
     extender_scheduler,
-    gpu,
     make_pod,
-    nic,
     pod_node,
-    publish,
-    unique,
     wait_bound,
 )
 from topodra_cli.localcluster import LocalCluster
+from topodra_cli.testing.objects import STD, eight_by_eight, gpu, nic
 
 pytestmark = pytest.mark.cluster
 
@@ -36,47 +30,6 @@ pytestmark = pytest.mark.cluster
 def extender(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExtenderProcess]:
     with extender_scheduler(cluster, tmp_path_factory.mktemp("extender")) as ext:
         yield ext
-
-
-@pytest.fixture()
-def client(cluster: LocalCluster) -> KubeClient:
-    c = KubeClient.load(str(cluster.kubeconfig))
-    apply_device_classes(c)
-    return c
-
-
-class Fleet:
-    """Fake nodes with a group label so that test pods only see this test's nodes."""
-
-    def __init__(self, cluster: LocalCluster, client: KubeClient) -> None:
-        self.cluster, self.client = cluster, client
-        self.group = unique("g")
-        self.nodes: list[str] = []
-
-    @property
-    def selector(self) -> dict[str, str]:
-        return {"topodra.dev/test-group": self.group}
-
-    def add(self, devices: list[dict[str, object]], **labels: str) -> str:
-        name = unique("ext")
-        self.cluster.add_fake_node(name, {**self.selector, **labels})
-        publish(self.client, name, devices)
-        self.nodes.append(name)
-        return name
-
-    def cleanup(self) -> None:
-        delete_slices(self.client, self.nodes)
-        for n in self.nodes:
-            self.cluster.delete_node(n)
-
-
-@pytest.fixture()
-def fleet(cluster: LocalCluster, client: KubeClient) -> Iterator[Fleet]:
-    f = Fleet(cluster, client)
-    try:
-        yield f
-    finally:
-        f.cleanup()
 
 
 ALIGNED = [gpu(0, "pci0000:80", 1), nic(0, "pci0000:80", 1)]

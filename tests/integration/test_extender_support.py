@@ -14,17 +14,15 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from kubeaccess.errors import ApiError
 from kubeaccess.sync import KubeClient
 from scheduler_plugin.schedconfig import SchedulerSettings, extender_entry
 from topodra_cli.localcluster import LocalCluster, pki
 from topodra_cli.localcluster.processes import free_port
+from topodra_cli.testing.objects import Json, claim_pod, gpu_nic_template
 
-STD = "resource.kubernetes.io"
 SLICES = "/apis/resource.k8s.io/v1/resourceslices"
-Json = dict[str, Any]
 
 
 class ExtenderProcess:
@@ -115,24 +113,6 @@ def extender_scheduler(cluster: LocalCluster, workdir: Path, config: str | None 
         ext.stop()
 
 
-def gpu(i: int, root: str, numa: int) -> Json:
-    return {"name": f"gpu-{i}", "attributes": {
-        "type": {"string": "gpu"}, f"{STD}/pcieRoot": {"string": root}, f"{STD}/numaNode": {"int": numa},
-        f"{STD}/pciBusID": {"string": f"0000:{0x10 + i:02x}:00.0"}}}
-
-
-def nic(i: int, root: str, numa: int) -> Json:
-    return {"name": f"nic-{i}", "attributes": {
-        "type": {"string": "nic"}, f"{STD}/pcieRoot": {"string": root}, f"{STD}/numaNode": {"int": numa},
-        f"{STD}/pciBusID": {"string": f"0000:{0x80 + i:02x}:00.0"}}}
-
-
-def eight_by_eight() -> list[Json]:
-    """8 GPUs + 8 NICs, 2 + 2 per PCIe root, 4 roots, 2 NUMA nodes."""
-    roots = [(f"pci0000:{r * 0x40:02x}", r // 2) for r in range(4)]
-    return [gpu(i, *roots[i // 2]) for i in range(8)] + [nic(i, *roots[i // 2]) for i in range(8)]
-
-
 def publish(client: KubeClient, node: str, devices: list[Json]) -> None:
     body = {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
             "metadata": {"name": f"{node}-topodra.dev"},
@@ -147,26 +127,13 @@ def unique(prefix: str) -> str:
 
 def claim_template(client: KubeClient, ns: str, name: str, gpus: int = 1, nics: int = 1,
                    match: str | None = None) -> None:
-    reqs: list[Json] = []
-    if gpus:
-        reqs.append({"name": "gpu", "exactly": {"deviceClassName": "gpu.topodra.dev", "count": gpus}})
-    if nics:
-        reqs.append({"name": "nic", "exactly": {"deviceClassName": "nic.topodra.dev", "count": nics}})
-    devices: Json = {"requests": reqs}
-    if match:
-        devices["constraints"] = [{"requests": [r["name"] for r in reqs], "matchAttribute": match}]
     client.request("POST", f"/apis/resource.k8s.io/v1/namespaces/{ns}/resourceclaimtemplates",
-                   body={"metadata": {"name": name}, "spec": {"spec": {"devices": devices}}})
+                   body=gpu_nic_template(None, name, gpus, nics, match))
 
 
 def make_pod(client: KubeClient, ns: str, name: str, templates: dict[str, str], selector: dict[str, str],
              labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None) -> None:
-    body = {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "labels": labels or {}, "annotations": annotations or {}},
-            "spec": {"nodeSelector": selector, "terminationGracePeriodSeconds": 0,
-                     "containers": [{"name": "main", "image": "busybox",
-                                     "resources": {"claims": [{"name": k} for k in templates]}}],
-                     "resourceClaims": [{"name": k, "resourceClaimTemplateName": v} for k, v in templates.items()]}}
+    body = claim_pod(name, templates, node_selector=selector, labels=labels, annotations=annotations)
     client.request("POST", f"/api/v1/namespaces/{ns}/pods", body=body)
 
 
@@ -208,6 +175,31 @@ def delete_slices(client: KubeClient, nodes: list[str]) -> None:
     for n in nodes:
         with contextlib.suppress(ApiError):
             client.request("DELETE", f"{SLICES}/{n}-topodra.dev")
+
+
+class Fleet:
+    """Fake nodes with a group label so that test pods only see this test's nodes."""
+
+    def __init__(self, cluster: LocalCluster, client: KubeClient) -> None:
+        self.cluster, self.client = cluster, client
+        self.group = unique("g")
+        self.nodes: list[str] = []
+
+    @property
+    def selector(self) -> dict[str, str]:
+        return {"topodra.dev/test-group": self.group}
+
+    def add(self, devices: list[Json], **labels: str) -> str:
+        name = unique("ext")
+        self.cluster.add_fake_node(name, {**self.selector, **labels})
+        publish(self.client, name, devices)
+        self.nodes.append(name)
+        return name
+
+    def cleanup(self) -> None:
+        delete_slices(self.client, self.nodes)
+        for n in self.nodes:
+            self.cluster.delete_node(n)
 
 
 def post(ext: ExtenderProcess, path: str, body: bytes, timeout: float = 5) -> tuple[int, bytes]:

@@ -10,6 +10,7 @@ import pytest
 from kubernetes import client
 
 from topodra_cli.localcluster import LocalCluster
+from topodra_cli.testing.objects import claim_template, request
 
 pytestmark = pytest.mark.cluster
 
@@ -51,16 +52,6 @@ def _pod(name: str, template: str) -> dict[str, Any]:
     }
 
 
-def _template(name: str, count: int, device_class: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "resource.k8s.io/v1",
-        "kind": "ResourceClaimTemplate",
-        "metadata": {"name": name},
-        "spec": {"spec": {"devices": {"requests": [
-            {"name": "gpu", "exactly": {"deviceClassName": device_class, "count": count}}]}}},
-    }
-
-
 def _wait(pred: Any, timeout: float = 60, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -92,8 +83,8 @@ def test_scheduler_allocates_devices_and_binds(cluster: LocalCluster, namespace:
     cluster.add_fake_node(node)
     res.create_device_class(_device_class(cls, "gpu", driver))
     res.create_resource_slice(_slice(node, 2, driver))
-    res.create_namespaced_resource_claim_template(namespace, _template("two-gpus", 2, cls))
-    res.create_namespaced_resource_claim_template(namespace, _template("three-gpus", 3, cls))
+    res.create_namespaced_resource_claim_template(namespace, claim_template("two-gpus", [request("gpu", cls, 2)]))
+    res.create_namespaced_resource_claim_template(namespace, claim_template("three-gpus", [request("gpu", cls, 3)]))
 
     core.create_namespaced_pod(namespace, _pod("fits", "two-gpus"))
     pod = _wait(lambda: (p := core.read_namespaced_pod("fits", namespace)).spec.node_name and p,

@@ -12,7 +12,8 @@ from scheduler_plugin.config import default_config
 from scheduler_plugin.filter import requirements_or_none, run_filter
 from scheduler_plugin.model import parse_pod
 from scheduler_plugin.score import run_prioritize
-from tests.unit.test_extender_support import STD, add_node, claim, dev, eight_by_eight, make_index, pod, template
+from tests.unit.test_extender_support import add_node, claim, dev, make_index, pod
+from topodra_cli.testing.objects import STD, eight_by_eight, gpu_nic_template
 
 CFG = default_config()
 
@@ -26,9 +27,9 @@ def _rack_fleet() -> Any:
     idx = make_index()
     for rack in ("r1", "r2"):
         for i in range(2):
-            add_node(idx, f"{rack}-n{i}", eight_by_eight(f"{rack}-n{i}"), **{"topodra.dev/rack": rack,
+            add_node(idx, f"{rack}-n{i}", eight_by_eight(), **{"topodra.dev/rack": rack,
                                                                               "topodra.dev/block": "b0"})
-    apply_event(idx, "resourceclaimtemplates", "ADDED", template("ml", "quad", gpus=4, nics=4))
+    apply_event(idx, "resourceclaimtemplates", "ADDED", gpu_nic_template("ml", "quad", gpus=4, nics=4))
     return idx
 
 
@@ -74,7 +75,7 @@ def test_alignment_quality_orders_nodes() -> None:
     add_node(idx, "pcie", [dev("gpu-0", "gpu", "r0", 0), dev("nic-0", "nic", "r0", 0)])
     add_node(idx, "numa", [dev("gpu-0", "gpu", "r0", 0), dev("nic-0", "nic", "r1", 0)])
     add_node(idx, "none", [dev("gpu-0", "gpu", "r0", 0), dev("nic-0", "nic", "r1", 1)])
-    apply_event(idx, "resourceclaimtemplates", "ADDED", template("ml", "pair"))
+    apply_event(idx, "resourceclaimtemplates", "ADDED", gpu_nic_template("ml", "pair"))
     s = _scores(idx, pod("p", templates={"acc": "pair"}), ["pcie", "numa", "none"])
     assert s["pcie"] > s["numa"] > s["none"]
     off = _scores(idx, pod("p", templates={"acc": "pair"}, annotations={"topodra.dev/alignment": "none"}),
@@ -105,7 +106,7 @@ def test_filter_partitions_and_scores_stay_in_range(nodes: list[list[tuple[str, 
     idx = _build(nodes)
     if gpus + nics == 0:
         gpus = 1
-    apply_event(idx, "resourceclaimtemplates", "ADDED", template("ml", "t", gpus=gpus, nics=nics, match=match))
+    apply_event(idx, "resourceclaimtemplates", "ADDED", gpu_nic_template("ml", "t", gpus=gpus, nics=nics, match=match))
     p = pod("p", templates={"acc": "t"}, annotations={"topodra.dev/alignment": align})
     names = [f"n{i}" for i in range(len(nodes))] + ["ghost"]
     out = run_filter(idx, CFG, parse_pod(p), tuple(names), 0.0)
@@ -123,7 +124,7 @@ def test_filter_partitions_and_scores_stay_in_range(nodes: list[list[tuple[str, 
 def test_more_free_devices_never_hurt(base: list[tuple[str, int, int]], extra: list[tuple[str, int, int]], gpus: int,
                                       nics: int, match: str | None, align: str) -> None:
     idx = _build([base, base + extra])
-    apply_event(idx, "resourceclaimtemplates", "ADDED", template("ml", "t", gpus=gpus, nics=nics, match=match))
+    apply_event(idx, "resourceclaimtemplates", "ADDED", gpu_nic_template("ml", "t", gpus=gpus, nics=nics, match=match))
     p = pod("p", templates={"acc": "t"}, annotations={"topodra.dev/alignment": align})
     out = run_filter(idx, CFG, parse_pod(p), ("n0", "n1"), 0.0)
     if "n0" in out.passed:

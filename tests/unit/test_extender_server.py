@@ -15,7 +15,8 @@ from scheduler_plugin.cache import apply_event
 from scheduler_plugin.config import default_config
 from scheduler_plugin.metrics import Metrics
 from scheduler_plugin.server import Extender
-from tests.unit.test_extender_support import STD, add_node, dev, make_index, pod, template
+from tests.unit.test_extender_support import add_node, dev, make_index, pod
+from topodra_cli.testing.objects import STD, gpu_nic_template
 
 ALIGNED = [dev("gpu-0", "gpu", "pci0000:80", 1), dev("nic-0", "nic", "pci0000:80", 1)]
 UNALIGNED = [dev("gpu-0", "gpu", "pci0000:00", 0), dev("nic-0", "nic", "pci0000:20", 1)]
@@ -25,7 +26,7 @@ def _extender() -> Extender:
     idx = make_index()
     add_node(idx, "a", ALIGNED, **{"topodra.dev/rack": "r1"})
     add_node(idx, "b", UNALIGNED, **{"topodra.dev/rack": "r2"})
-    apply_event(idx, "resourceclaimtemplates", "ADDED", template("ml", "pair", match=f"{STD}/pcieRoot"))
+    apply_event(idx, "resourceclaimtemplates", "ADDED", gpu_nic_template("ml", "pair", match=f"{STD}/pcieRoot"))
     return Extender(default_config(), idx, Metrics())
 
 
@@ -66,7 +67,7 @@ def test_prioritize_wire_format_prefers_aligned_node() -> None:
         assert scores["a"] > scores["b"]
 
     ext = _extender()
-    apply_event(ext.index, "resourceclaimtemplates", "ADDED", template("ml", "loose"))
+    apply_event(ext.index, "resourceclaimtemplates", "ADDED", gpu_nic_template("ml", "loose"))
     _with_client(t, ext)
 
 

@@ -10,10 +10,9 @@ import yaml
 from scheduler_plugin.cache import apply_event
 from scheduler_plugin.config import ExtenderConfig, default_config
 from scheduler_plugin.index import Index
+from topodra_cli.testing.objects import STD, Json
 
 ROOT = Path(__file__).resolve().parents[2]
-STD = "resource.kubernetes.io"
-Json = dict[str, Any]
 
 
 def device_classes() -> list[Json]:
@@ -43,34 +42,6 @@ def slice_obj(node: str, devices: list[Json], driver: str = "topodra.dev", gener
 
 def node_obj(name: str, **labels: str) -> Json:
     return {"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **labels}}}
-
-
-def eight_by_eight(node: str) -> list[Json]:
-    """8 GPUs + 8 NICs on 4 PCIe roots (2+2 each) and 2 NUMA nodes."""
-    out = []
-    for i in range(8):
-        root = f"pci0000:{(i // 2) * 0x40:02x}"
-        out.append(dev(f"gpu-{i}", "gpu", root, (i // 2) // 2))
-    for i in range(8):
-        root = f"pci0000:{(i // 2) * 0x40:02x}"
-        out.append(dev(f"nic-{i}", "nic", root, (i // 2) // 2))
-    return out
-
-
-def template(ns: str, name: str, gpus: int = 1, nics: int = 1, match: str | None = None,
-             gpu_selectors: list[str] | None = None) -> Json:
-    reqs: list[Json] = []
-    if gpus:
-        g: Json = {"deviceClassName": "gpu.topodra.dev", "count": gpus}
-        if gpu_selectors:
-            g["selectors"] = [{"cel": {"expression": s}} for s in gpu_selectors]
-        reqs.append({"name": "gpu", "exactly": g})
-    if nics:
-        reqs.append({"name": "nic", "exactly": {"deviceClassName": "nic.topodra.dev", "count": nics}})
-    devices: Json = {"requests": reqs}
-    if match:
-        devices["constraints"] = [{"requests": [r["name"] for r in reqs], "matchAttribute": match}]
-    return {"metadata": {"namespace": ns, "name": name}, "spec": {"spec": {"devices": devices}}}
 
 
 def claim(ns: str, name: str, spec: Json, allocated: list[tuple[str, str]] | None = None,

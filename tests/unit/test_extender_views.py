@@ -19,7 +19,8 @@ from scheduler_plugin.model import parse_pod
 from scheduler_plugin.score import run_prioritize
 from scheduler_plugin.views import Views, filter_reply, prioritize_reply
 from scheduler_plugin.wire import filter_result, priority_list
-from tests.unit.test_extender_support import STD, claim, eight_by_eight, make_index, node_obj, pod, slice_obj, template
+from tests.unit.test_extender_support import claim, make_index, node_obj, pod, slice_obj
+from topodra_cli.testing.objects import STD, eight_by_eight, gpu_nic_template
 
 CFG = default_config()
 NODES = 8
@@ -39,15 +40,16 @@ LISTS = [tuple(NAMES), (*NAMES, "ghost"), tuple(reversed(NAMES[:5])), ("n1", "n1
 def _node_events(i: int) -> list[tuple[str, str, dict[str, Any]]]:
     name = f"n{i}"
     return [("nodes", "ADDED", node_obj(name, **{"topodra.dev/rack": f"r{i % 3}", "topodra.dev/block": f"b{i % 2}"})),
-            ("resourceslices", "ADDED", slice_obj(name, eight_by_eight(name)))]
+            ("resourceslices", "ADDED", slice_obj(name, eight_by_eight()))]
 
 
 def _world() -> list[tuple[str, str, dict[str, Any]]]:
     ev = [("resourceclaimtemplates", "ADDED", t) for t in (
-        template("ml", "pair", 1, 1, f"{STD}/pcieRoot"), template("ml", "quad", 4, 4, f"{STD}/numaNode"),
-        template("ml", "g2", 2, 0), template("ml", "n2", 0, 2), template("ml", "eight", 8, 0),
-        template("ml", "loose", 1, 1),
-        template("ml", "exact", 1, 0, gpu_selectors=[f'device.attributes["{STD}"].pciBusID != "x"']))]
+        gpu_nic_template("ml", "pair", 1, 1, f"{STD}/pcieRoot"),
+        gpu_nic_template("ml", "quad", 4, 4, f"{STD}/numaNode"),
+        gpu_nic_template("ml", "g2", 2, 0), gpu_nic_template("ml", "n2", 0, 2), gpu_nic_template("ml", "eight", 8, 0),
+        gpu_nic_template("ml", "loose", 1, 1),
+        gpu_nic_template("ml", "exact", 1, 0, gpu_selectors=[f'device.attributes["{STD}"].pciBusID != "x"']))]
     for i in range(NODES):
         ev += _node_events(i)
     return ev
