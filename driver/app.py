@@ -6,14 +6,11 @@ thread or as a `topodra driver ...` subprocess.
 
 from __future__ import annotations
 
-import logging
-import sys
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import orjson
 import structlog
 
 from driver.devicehealth import mark_unhealthy
@@ -71,23 +68,6 @@ class DriverConfig:
     @property
     def effective_state_dir(self) -> Path:
         return self.state_dir or self.kubelet_root_dir / "plugins" / self.driver_name
-
-
-def configure_logging(level: str = "info") -> None:
-    """structlog JSON lines on stderr, one event name per line."""
-    lvl = logging.getLevelName(level.upper())
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(serializer=lambda o, **_: orjson.dumps(o, default=str).decode()),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(lvl if isinstance(lvl, int) else logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
-    )
 
 
 class DriverApp:

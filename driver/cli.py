@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,15 +117,19 @@ def config_from_args(a: argparse.Namespace) -> DriverConfig:
 
 
 def run(a: argparse.Namespace) -> int:
-    from driver.app import DriverApp, configure_logging
+    import structlog
+
+    from driver.app import DriverApp
     from driver.discovery import DiscoveryError
     from driver.errors import StartupError
+    from topodra_cli.logsetup import configure
 
-    configure_logging(a.log_level)
+    configure(a.log_level)
+    log = structlog.get_logger("topodra.driver")
     try:
         app = DriverApp(config_from_args(a))
     except (StartupError, DiscoveryError) as e:
-        print(f"topodra driver: {e}", file=sys.stderr)
+        log.error("startup_failed", reason=str(e))
         return 2
     done = threading.Event()
 
@@ -139,7 +142,7 @@ def run(a: argparse.Namespace) -> int:
     try:
         return app.run()
     except (StartupError, DiscoveryError) as e:
-        print(f"topodra driver: {e}", file=sys.stderr)
+        log.error("startup_failed", reason=str(e))
         return 2
     finally:
         done.set()

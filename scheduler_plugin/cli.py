@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-import orjson
 import structlog
 
 from scheduler_plugin.schedconfig import SchedulerSettings, render
@@ -30,6 +28,7 @@ def register(sub: Any) -> None:
                    help="require client certificates signed by this CA for filter/prioritize")
     p.add_argument("--config", type=Path, default=None, help="YAML config (levels, weights); see docs/extender.md")
     p.add_argument("--kubeconfig", default=env("KUBECONFIG"), help="kubeconfig; default in-cluster")
+    p.add_argument("--context", default=None, help="kubeconfig context (default: its current-context)")
     p.add_argument("--log-level", default=env("TOPODRA_LOG_LEVEL", "info"))
     p.set_defaults(handler=run)
     sp = p.add_subparsers(dest="extender_command", metavar="SUBCOMMAND")
@@ -58,42 +57,27 @@ def print_scheduler_config(a: argparse.Namespace) -> int:
     return 0
 
 
-def configure_logging(level: str) -> None:
-    lvl = logging.getLevelName(level.upper())
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(serializer=lambda o, **_: orjson.dumps(o, default=str).decode()),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(lvl if isinstance(lvl, int) else logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
-    )
-
-
 def run(a: argparse.Namespace) -> int:
     from kubeaccess.credentials import load_credentials
     from kubeaccess.errors import CredentialsError
     from scheduler_plugin.config import ConfigError, load_config
+    from topodra_cli.logsetup import configure
 
-    configure_logging(a.log_level)
+    configure(a.log_level)
     log = structlog.get_logger("topodra.extender")
     if (a.tls_cert is None) != (a.tls_key is None):
-        print("topodra extender: --tls-cert and --tls-key go together", file=sys.stderr)
+        log.error("startup_failed", reason="--tls-cert and --tls-key go together")
         return 2
     try:
         cfg = load_config(a.config)
-        creds = load_credentials(a.kubeconfig)
+        creds = load_credentials(a.kubeconfig, a.context)
     except (ConfigError, CredentialsError) as e:
-        print(f"topodra extender: {e}", file=sys.stderr)
+        log.error("startup_failed", reason=str(e))
         return 2
     try:
         asyncio.run(_serve(a, cfg, creds))
     except OSError as e:
         log.error("cannot_serve", error=str(e))
-        print(f"topodra extender: {e}", file=sys.stderr)
         return 1
     return 0
 
