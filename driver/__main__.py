@@ -1,8 +1,8 @@
 """`python -m driver ARGS` = `topodra driver ARGS`, without building the other components' command lines.
 
 `topodra` registers every sub-command before parsing, and the extender's and local cluster's modules
-import `cryptography` and the cluster harness (~9 MiB resident) that the driver never uses; this entry
-point loads only the driver's own flags.
+import `cryptography` and the cluster harness that the driver never uses (their resident memory is in
+docs/benchmarks-driver.md); this entry point loads only the driver's own flags.
 """
 
 from __future__ import annotations

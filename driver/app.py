@@ -170,7 +170,8 @@ class DriverApp:
         )
         if cfg.dev_root is not None:  # else the plugin's own default ($TOPODRA_DEV_ROOT or /dev)
             pcfg = replace(pcfg, dev_root=cfg.dev_root)
-        # The light REST client, not the `kubernetes` package: its import costs ~1 s and ~35 MiB.
+        # The light REST client, not the `kubernetes` package: what that import costs is measured in
+        # docs/benchmarks-driver.md ("Resident memory of a one-node driver process").
         plugin = KubeletPlugin(pcfg, lambda: self._topology_for_plugin(bcfg), self.client)
         # health changes re-run discovery, which taints the unhealthy devices in the slices
         plugin.on_health_change = lambda _bad: self.loop.rediscover() if self.loop is not None else None

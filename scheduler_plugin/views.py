@@ -46,7 +46,8 @@ class NodeView:
     def __init__(self, names: tuple[str, ...], index: Index) -> None:
         self.names = names
         self.pos = dict(zip(names, range(len(names)), strict=True))
-        # Copied to exact-size objects: orjson's result keeps its 4 KiB output buffer (20 MiB at 5,000 nodes).
+        # Copied to exact-size objects: orjson's result keeps its 4 KiB output buffer (the cache's size per
+        # node count is in docs/benchmarks-extender.md).
         self.name_json: list[bytes] = [bytes(memoryview(j)) for j in map(orjson.dumps, names)]
         self._pieces: list[bytes] | None = None  # per node '{"Host":"name","Score":' then its score's '7}'
         self.filter_states: dict[FitTable, FilterState] = {}

@@ -31,7 +31,8 @@ COMMANDS = {
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """All sub-commands, or just `only`: a DaemonSet's `topodra driver` then never imports the
-    local-cluster and extender modules (the kubernetes client, cryptography: ~0.5 s and ~25 MiB)."""
+    local-cluster and extender modules (the kubernetes client, cryptography; what they cost is in
+    docs/benchmarks-driver.md)."""
     parser = argparse.ArgumentParser(
         prog="topodra",
         description="Topology-aware DRA driver and gang-aware scheduler extender for Kubernetes.",

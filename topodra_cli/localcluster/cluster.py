@@ -433,7 +433,8 @@ class LocalCluster:
         """Create Ready nodes with no kubelet; the heartbeat process keeps their Leases fresh."""
         from kubernetes import client
 
-        # Here, not at the top: the kubernetes package costs every `topodra` start ~0.5 s and ~25 MiB.
+        # Here, not at the top: the kubernetes package would cost every `topodra` start time and memory
+        # (docs/benchmarks-driver.md, "Resident memory of a one-node driver process").
         from topodra_cli.localcluster.heartbeat import FAKE_NODE_LABEL, renew_lease
 
         api = self.api_client()
