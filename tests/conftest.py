@@ -71,3 +71,49 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
         if isinstance(c, LocalCluster):
             for comp in COMPONENTS:
                 report.sections.append((f"{comp} log (tail)", c.log_tail(comp, 40)))
+
+
+# ---- a second control plane with upstream workload-aware (gang) scheduling on ----------------------
+# Started only when a test asks for it (pytest builds fixtures lazily), once per session, beside `cluster`.
+# Its scheduler starts from a config file (`--scheduler-config`) with a second profile, so that path runs too.
+GW_PREFIX = "gw-"
+GW_SECOND_PROFILE = "topodra-second-profile"
+
+
+@pytest.fixture(scope="session")
+def gw_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    for d in TEST_ROOT.glob(f"{GW_PREFIX}*"):  # left by killed runs
+        owner = d.name.removeprefix(GW_PREFIX)
+        if owner.isdigit() and not pid_alive(int(owner)):
+            LocalCluster(d).down()
+    sched = tmp_path_factory.mktemp("gw") / "scheduler.yaml"
+    sched.write_text(
+        "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\nprofiles:\n"
+        f"- schedulerName: default-scheduler\n- schedulerName: {GW_SECOND_PROFILE}\n"
+    )
+    c = LocalCluster(TEST_ROOT / f"{GW_PREFIX}{os.getpid()}", generic_workload=True, scheduler_config=sched)
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        c.up(owner_pid=os.getpid())
+        yield c
+    finally:
+        c.down()
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture()
+def gw_namespace(gw_cluster: LocalCluster) -> Iterator[str]:
+    from kubernetes import client
+
+    core = client.CoreV1Api(gw_cluster.api_client())
+    name = f"gw-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name}})
+    try:
+        gw_cluster.wait_default_service_account(name)
+        yield name
+    finally:
+        with contextlib.suppress(client.ApiException):
+            core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
+        with contextlib.suppress(client.ApiException):
+            core.delete_namespace(name)

@@ -106,3 +106,16 @@ def test_cli_up_has_both_switches() -> None:
     args = parser.parse_args(["local-cluster", "up", "--generic-workload", "--scheduler-config", "s.yaml"])
     assert args.generic_workload is True
     assert args.scheduler_config == Path("s.yaml")
+
+
+def test_cli_up_with_a_bad_scheduler_config_says_why_and_starts_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from topodra_cli.main import main
+
+    bad = _write(tmp_path, "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n  x: [\n")
+    rc = main(["local-cluster", "up", "--dir", str(tmp_path / "c"), "--no-build", "--scheduler-config", str(bad)])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert f"scheduler config {bad}: not valid YAML" in err
+    assert not (tmp_path / "c" / "state.json").exists()
