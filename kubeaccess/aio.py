@@ -63,6 +63,30 @@ class AsyncKube:
         return self._session.get(self.server + path, params=dict(query), headers=self._headers(), timeout=timeout,
                                  **extra)
 
+    async def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
+                      timeout: float = 10.0) -> Json:
+        """One call with a JSON body (or none); the decoded answer, `{}` if it had no body."""
+        extra: dict[str, Any] = {"server_hostname": self._tls_name} if self._tls_name else {}
+        headers = self._headers()
+        data = None
+        if body is not None:
+            data = orjson.dumps(body)
+            headers["Content-Type"] = content_type
+        try:
+            async with self._session.request(method, self.server + path, data=data, headers=headers,
+                                             timeout=aiohttp.ClientTimeout(total=timeout), **extra) as r:
+                answer = await r.read()
+                status, reason = r.status, r.reason or ""
+        except _TRANSPORT_ERRORS as e:
+            raise ApiError(0, f"{method} {path}: {e.__class__.__name__}: {e}") from e
+        if status >= 300:
+            raise ApiError.from_body(status, answer, f"{method} {path}: {reason}")
+        try:
+            doc = orjson.loads(answer) if answer else {}
+        except orjson.JSONDecodeError as e:
+            raise ApiError(0, f"{method} {path}: answer is not JSON: {answer[:200]!r}") from e
+        return doc if isinstance(doc, dict) else {}
+
     async def list_all(self, path: str, query: Mapping[str, str], parse: Callable[[Json], T],
                        page: int = 500, timeout: float = 60.0) -> tuple[list[T], str]:
         """Every object, `parse`d page by page (raw pages are dropped as they come), and the list's

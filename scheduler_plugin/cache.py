@@ -24,6 +24,8 @@ from kubeaccess.aio import AsyncKube
 from kubeaccess.backoff import Backoff
 from kubeaccess.errors import ApiError
 from kubeaccess.stream import CONNECTED
+from scheduler_plugin.gang.store import COSCHEDULING, JOBS, UPSTREAM, GroupStore
+from scheduler_plugin.gang.store import PARSERS as GROUP_PARSERS
 from scheduler_plugin.index import Index
 from scheduler_plugin.metrics import Metrics
 from scheduler_plugin.model import (
@@ -49,6 +51,16 @@ class Kind:
     name: str
     path: str
     query: Mapping[str, str] = field(default_factory=dict)
+    optional: bool = False  # the API may not be served (a feature gate, a CRD): then the kind is empty
+
+
+# Group objects gangs are read from (scheduler_plugin.gang.store); only watched when gangs are on.
+GANG_KINDS: tuple[Kind, ...] = (
+    Kind(JOBS, "/apis/batch/v1/jobs"),
+    Kind(UPSTREAM, "/apis/scheduling.k8s.io/v1beta1/podgroups", optional=True),
+    Kind(COSCHEDULING, "/apis/scheduling.x-k8s.io/v1alpha1/podgroups", optional=True),
+)
+UNSERVED_RECHECK = 60.0  # an optional API that is not served is looked for again this often
 
 
 KINDS: tuple[Kind, ...] = (
@@ -127,8 +139,10 @@ class Cache:
         stale_after: float = 2.0,
         watch_timeout: int = 300,
         tls_server_name: str | None = None,
+        groups: GroupStore | None = None,
     ) -> None:
         self.index = index
+        self.groups = groups
         self.server = server.rstrip("/")
         self.metrics = metrics
         self.ssl_context = ssl_context
@@ -218,6 +232,9 @@ class Cache:
 
     async def _list(self, kind: Kind, st: KindState) -> None:
         assert self._api is not None
+        if kind.name in GROUP_PARSERS:
+            await self._list_groups(kind, st)
+            return
         items, rv = await self._api.list_all(kind.path, kind.query, _PARSERS[kind.name], page=PAGE)
         self.index.replace(kind.name, items)
         # Absorb the changes now, in slices, so that no extender call pays for a whole relist.
@@ -228,6 +245,27 @@ class Cache:
         self._contact(st)
         self.log.info("listed", kind=kind.name, count=len(items), resource_version=rv)
         self.update_gauges()
+
+    async def _list_groups(self, kind: Kind, st: KindState) -> None:
+        assert self._api is not None and self.groups is not None
+        while True:
+            try:
+                items, rv = await self._api.list_all(kind.path, kind.query, GROUP_PARSERS[kind.name], page=PAGE)
+            except ApiError as e:
+                if not (kind.optional and e.not_found):
+                    raise
+                # Not served here: nothing can be a member of such a group. Look again later (a CRD may come).
+                self.groups.replace(kind.name, [], served=False)
+                st.synced = True
+                self._contact(st)
+                await asyncio.sleep(UNSERVED_RECHECK)
+                continue
+            self.groups.replace(kind.name, items)
+            st.resource_version = rv
+            st.synced = True
+            self._contact(st)
+            self.log.info("listed", kind=kind.name, count=len(items), resource_version=rv)
+            return
 
     async def _watch(self, kind: Kind, st: KindState) -> None:
         assert self._api is not None
@@ -252,7 +290,10 @@ class Cache:
             return
         if etype not in ("ADDED", "MODIFIED", "DELETED"):
             return
-        apply_event(self.index, kind.name, etype, obj)
+        if self.groups is not None and kind.name in GROUP_PARSERS:
+            self.groups.apply(kind.name, str(etype), obj)
+        else:
+            apply_event(self.index, kind.name, etype, obj)
         self.metrics.watch_events.labels(kind.name).inc()
         if rv:
             st.resource_version = str(rv)

@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from scheduler_plugin.schedconfig import SchedulerSettings, render
+from scheduler_plugin.schedconfig import SchedulerSettings, SettingsError, render
 
 
 def register(sub: Any) -> None:
@@ -30,6 +30,14 @@ def register(sub: Any) -> None:
     p.add_argument("--kubeconfig", default=env("KUBECONFIG"), help="kubeconfig; default in-cluster")
     p.add_argument("--context", default=None, help="kubeconfig context (default: its current-context)")
     p.add_argument("--log-level", default=env("TOPODRA_LOG_LEVEL", "info"))
+    p.add_argument("--steer", action=argparse.BooleanOptionalAction, default=True,
+                   help="plan each pending pod's node from the cache and nominate it (status.nominatedNodeName)")
+    p.add_argument("--gangs", action=argparse.BooleanOptionalAction, default=True,
+                   help="gang scheduling: plan gangs whole, hold binds until all members are ready (docs/gang.md)")
+    p.add_argument("--scheduler-name", action="append", default=None,
+                   help="schedulerName of the pods to plan (repeatable; default: default-scheduler)")
+    p.add_argument("--bind-hold-seconds", type=float, default=20.0,
+                   help="how long a gang member's bind call is held (keep below the scheduler's httpTimeout)")
     p.set_defaults(handler=run)
     sp = p.add_subparsers(dest="extender_command", metavar="SUBCOMMAND")
     pc = sp.add_parser("print-scheduler-config", help="print the KubeSchedulerConfiguration that calls the extender")
@@ -44,6 +52,8 @@ def register(sub: Any) -> None:
     pc.add_argument("--weight", type=int, default=d.weight, help="extender weight (score 10 adds 10*weight*10)")
     pc.add_argument("--http-timeout", default=d.http_timeout, help="httpTimeout (bounds every call)")
     pc.add_argument("--ignorable", action="store_true", help="fail open: schedule without the extender when down")
+    pc.add_argument("--bind", action="store_true",
+                    help="make the extender the binder (gang bind barrier; httpTimeout 30s unless given)")
     pc.add_argument("--percentage-of-nodes-to-score", type=int, default=d.percentage_of_nodes_to_score)
     pc.set_defaults(handler=print_scheduler_config)
 
@@ -52,8 +62,12 @@ def print_scheduler_config(a: argparse.Namespace) -> int:
     s = SchedulerSettings(url=a.url, server_name=a.server_name, ca_file=a.ca_file, cert_file=a.cert_file,
                           key_file=a.key_file, kubeconfig=a.sched_kubeconfig, weight=a.weight,
                           http_timeout=a.http_timeout, ignorable=a.ignorable,
-                          percentage_of_nodes_to_score=a.percentage_of_nodes_to_score)
-    sys.stdout.write(render(s))
+                          percentage_of_nodes_to_score=a.percentage_of_nodes_to_score, bind=a.bind)
+    try:
+        sys.stdout.write(render(s))
+    except SettingsError as e:
+        print(f"topodra extender print-scheduler-config: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -102,19 +116,39 @@ async def _freeze_when_synced(cache: Any) -> None:
 async def _serve(a: argparse.Namespace, cfg: Any, creds: Any) -> None:
     from aiohttp import web
 
+    from kubeaccess.aio import AsyncKube
     from kubeaccess.credentials import ssl_context, token_reader
-    from scheduler_plugin.cache import Cache
+    from scheduler_plugin.apiwrite import ApiWriter
+    from scheduler_plugin.cache import GANG_KINDS, KINDS, Cache
+    from scheduler_plugin.gang.coordinator import Coordinator
+    from scheduler_plugin.gang.store import GroupStore
     from scheduler_plugin.index import Index
     from scheduler_plugin.metrics import Metrics
+    from scheduler_plugin.planner import Planner
     from scheduler_plugin.server import Extender, server_ssl_context
+    from scheduler_plugin.steer import Steering
 
     log = structlog.get_logger("topodra.extender")
     index = Index(cfg)
     metrics = Metrics()
 
+    groups = GroupStore() if a.gangs else None
     cache = Cache(index, creds.server, metrics, ssl_context=ssl_context(creds), token=token_reader(creds),
-                  stale_after=cfg.stale_after_seconds, tls_server_name=creds.tls_server_name)
-    ext = Extender(cfg, index, metrics, cache, require_client_cert=a.client_ca is not None)
+                  stale_after=cfg.stale_after_seconds, tls_server_name=creds.tls_server_name,
+                  kinds=KINDS + GANG_KINDS if a.gangs else KINDS, groups=groups)
+    api = AsyncKube.from_credentials(creds, connections=32, user_agent="topodra-extender")
+    writer = ApiWriter(api)
+    planner = Planner(index, cfg)
+    steering = Steering(index, cfg, planner, writer, metrics,
+                        scheduler_names=tuple(a.scheduler_name or ("default-scheduler",)),
+                        ready=lambda: cache.synced, steer_single=a.steer)
+    coordinator = None
+    if groups is not None:
+        coordinator = Coordinator(index, cfg, groups, planner.eligible, steering,
+                                  bind_hold_seconds=a.bind_hold_seconds)
+        steering.coordinator = coordinator
+    ext = Extender(cfg, index, metrics, cache, require_client_cert=a.client_ca is not None,
+                   coordinator=coordinator, binder=steering.bind)
     tls = server_ssl_context(a.tls_cert, a.tls_key, a.client_ca) if a.tls_cert else None
     runner = web.AppRunner(ext.app(), access_log=None, handle_signals=False)
     await runner.setup()
@@ -122,6 +156,7 @@ async def _serve(a: argparse.Namespace, cfg: Any, creds: Any) -> None:
     await site.start()
     await cache.start()
     freezer = asyncio.create_task(_freeze_when_synced(cache))
+    steer_task = asyncio.create_task(steering.run(), name="steer")
     log.info("serving", listen=a.listen, port=a.port, tls=tls is not None, client_ca=str(a.client_ca or ""),
              apiserver=creds.server, levels=[lv.name for lv in cfg.levels])
     stop = asyncio.Event()
@@ -131,5 +166,8 @@ async def _serve(a: argparse.Namespace, cfg: Any, creds: Any) -> None:
     await stop.wait()
     log.info("stopping")
     freezer.cancel()
+    steer_task.cancel()
+    await steering.drain()
     await cache.stop()
+    await api.close()
     await runner.cleanup()

@@ -53,6 +53,7 @@ class NodeState:
     total: int = 0
     sig: int = -1
     free_gpus: int = 0
+    total_gpus: int = 0  # published, free or not: what the node could hold with every device free
 
 
 @dataclass(slots=True)
@@ -140,6 +141,11 @@ class Index:
         self.bound: dict[str, tuple[JobKey | None, str]] = {}  # pod uid -> (job, node) of bound pods
         self.job_nodes: dict[JobKey, Counter[str]] = {}
         self.hints: dict[str, Hint] = {}  # pod uid -> our own unconfirmed placement
+        self.pods: dict[str, Pod] = {}  # pod uid -> every pod not finished
+        self.pending: dict[str, Pod] = {}  # pod uid -> pod without a node (not terminal)
+        self.pending_changed: set[str] = set()  # pods added, changed or gone since the planner last looked
+        self.on_pending: Callable[[], None] | None = None  # called on every pending change (wakes the planner)
+        self.node_gen = 0  # bumps when a Node object changes (labels, taints, cordon)
         self.profiles: dict[tuple[str, tuple[tuple[str, AttrValue], ...], bool], Profile] = {}
         self.sigs: dict[tuple[int, ...], int] = {}
         self.sig_free: list[tuple[Profile, ...]] = []  # by signature id: the free devices it stands for
@@ -170,6 +176,8 @@ class Index:
     # ---- events ------------------------------------------------------------------------------
     def upsert_node(self, n: Node) -> None:
         st = self._node(n.name)
+        if st.node != n:
+            self.node_gen += 1
         st.node = n
         self.dirty.add(n.name)
 
@@ -178,6 +186,7 @@ class Index:
         if st is None:
             return
         st.node = None
+        self.node_gen += 1
         self.dirty.add(name)
 
     def upsert_slice(self, s: Slice) -> None:
@@ -284,6 +293,11 @@ class Index:
 
     def upsert_pod(self, p: Pod) -> None:
         self.delete_pod(p.uid)
+        if not p.terminal:
+            self.pods[p.uid] = p
+        if not p.node_name and not p.terminal:
+            # Waiting for a node: the planner may choose one for it (scheduler_plugin.steer).
+            self.pending[p.uid] = p
         if p.node_name and not p.terminal:
             job = self.job_of(p)
             self.bound[p.uid] = (job, p.node_name)
@@ -295,6 +309,11 @@ class Index:
             self.drop_reservation(p.uid)
 
     def delete_pod(self, uid: str) -> None:
+        self.pending.pop(uid, None)
+        self.pods.pop(uid, None)
+        self.pending_changed.add(uid)
+        if self.on_pending is not None:
+            self.on_pending()
         old = self.bound.pop(uid, None)
         if old is not None and old[0] is not None:
             c = self.job_nodes.get(old[0])
@@ -337,24 +356,31 @@ class Index:
             self._classes_changed()
         elif kind == "pods":
             keepp = {p.uid for p in items if isinstance(p, Pod)}
-            for uid in [u for u in self.bound if u not in keepp]:
+            for uid in [u for u in (*self.bound, *self.pending) if u not in keepp]:
                 self.delete_pod(uid)
             for p in items:
                 if isinstance(p, Pod):
                     self.upsert_pod(p)
 
     # ---- our own decisions --------------------------------------------------------------------
-    def reserve(self, pod: Pod, node: str, fit: Fit, claims: Sequence[tuple[str, str]], now: float) -> None:
+    def reserve(self, pod: Pod, node: str, fit: Fit, claims: Sequence[tuple[str, str]], now: float,
+                ttl: float | None = None) -> tuple[DeviceKey, ...]:
         """Set aside the devices one allocation would take until the API shows the real one (or TTL)."""
         self.drop_reservation(pod.uid)
         st = self.nodes.get(node)
         if st is None or not fit.witness:
-            return
+            return ()
         keys = tuple(st.free_keys[i] for i in fit.witness if i < len(st.free_keys))
-        self.reservations[pod.uid] = Reservation(pod.uid, node, keys, tuple(claims),
-                                                 now + self.cfg.decision_ttl_seconds)
+        self.reserve_keys(pod.uid, node, keys, claims, now + (self.cfg.decision_ttl_seconds if ttl is None else ttl))
+        return keys
+
+    def reserve_keys(self, pod_uid: str, node: str, keys: tuple[DeviceKey, ...], claims: Sequence[tuple[str, str]],
+                     expires: float) -> None:
+        """Set aside these devices for a pod (a gang plan holds its members' devices this way)."""
+        self.drop_reservation(pod_uid)
+        self.reservations[pod_uid] = Reservation(pod_uid, node, keys, tuple(claims), expires)
         for k in keys:
-            self.reserved[k] = pod.uid
+            self.reserved[k] = pod_uid
         self.dirty.add(node)
 
     def drop_reservation(self, pod_uid: str) -> None:
@@ -447,6 +473,8 @@ class Index:
         st.sig = sid
         self.sig_of[name] = sid if st.total else NO_DEVICES
         st.free_gpus = sum(1 for p in st.free if p.kind == "gpu")
+        st.total_gpus = st.free_gpus + sum(1 for d in devices if (d.key in self.allocated or d.key in self.reserved)
+                                           and self.profile(d).kind == "gpu")
         st.domains = self._domains(st, devices)
         did = self.dom_ids.get(st.domains)
         if did is None:
@@ -629,6 +657,15 @@ class Index:
             attrs = dict(d.attrs)
             out.append(Profile(-1, d.driver, attrs, by_domain(d.attrs), d.tainted, p.kind))
         return out
+
+    def exact_profiles(self, st: NodeState) -> list[Profile]:
+        """The node's free devices as profiles that keep identity attributes (same order as `free_keys`)."""
+        return self._exact_profiles(st)
+
+    def kinds_of_key(self, k: DeviceKey) -> str:
+        """"gpu", "nic" or "" for a published device (messages only: looks the device up in its pool)."""
+        d = self._device(k)
+        return "" if d is None else self.profile(d).kind
 
     def _device(self, k: DeviceKey) -> Device | None:
         for sn in self.pool_slices.get((k[0], k[1]), ()):

@@ -35,3 +35,11 @@ class Metrics:
                                     ["kind"], registry=r)
         self.memo_entries = Gauge("topodra_extender_fit_memo_entries",
                                   "Memoised (requirements, node shape) feasibility results", registry=r)
+        self.plan_seconds = Histogram("topodra_extender_plan_seconds",
+                                      "Time to plan one pod's node, or one whole gang", ["what"],
+                                      buckets=LATENCY_BUCKETS, registry=r)
+        self.steered = Counter("topodra_extender_steered_total",
+                               "Pending pods planned: nominated, or no node fits", ["outcome"], registry=r)
+        self.binds = Counter("topodra_extender_binds_total", "Bindings the extender made, by outcome", ["outcome"],
+                             registry=r)
+        self.gangs = Gauge("topodra_extender_gangs", "Gangs known to the extender, by phase", ["phase"], registry=r)

@@ -244,9 +244,18 @@ def parse_device_class(obj: Mapping[str, Any]) -> DeviceClass:
 
 
 @dataclass(frozen=True, slots=True)
+class Taint:
+    key: str
+    value: str
+    effect: str
+
+
+@dataclass(frozen=True, slots=True)
 class Node:
     name: str
     labels: tuple[tuple[str, str], ...]
+    unschedulable: bool = False  # cordoned
+    taints: tuple[Taint, ...] = ()
 
     def label(self, key: str) -> str | None:
         for k, v in self.labels:
@@ -257,8 +266,11 @@ class Node:
 
 def parse_node(obj: Mapping[str, Any]) -> Node:
     meta = _d(obj.get("metadata"))
+    spec = _d(obj.get("spec"))
     labels = tuple(sorted((str(k), str(v)) for k, v in _d(meta.get("labels")).items()))
-    return Node(_s(meta.get("name")), labels)
+    taints = tuple(Taint(_s(_d(t).get("key")), _s(_d(t).get("value")), _s(_d(t).get("effect")))
+                   for t in _l(spec.get("taints")))
+    return Node(_s(meta.get("name")), labels, bool(spec.get("unschedulable")), taints)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +278,62 @@ class PodClaimRef:
     name: str
     claim_name: str | None
     template_name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Toleration:
+    key: str  # "" with operator Exists: every taint
+    operator: str  # Equal | Exists
+    value: str
+    effect: str  # "" = every effect
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTerm:
+    """One required node-affinity term: all its expressions must hold (terms are ORed)."""
+
+    expressions: tuple[tuple[str, str, tuple[str, ...]], ...]  # (key, operator, values)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """The node constraints of a pod that the extender evaluates itself when it plans a node.
+
+    `opaque` is set when the pod has constraints the extender does not evaluate (pod affinity, topology
+    spread, matchFields, host ports ...): such pods are never steered, kube-scheduler judges them as usual.
+    """
+
+    node_selector: tuple[tuple[str, str], ...] = ()
+    terms: tuple[NodeTerm, ...] = ()
+    tolerations: tuple[Toleration, ...] = ()
+    opaque: bool = False
+
+
+NO_PLACEMENT = Placement()
+
+
+def parse_placement(spec: Mapping[str, Any]) -> Placement:
+    aff = _d(spec.get("affinity"))
+    opaque = bool(aff.get("podAffinity") or aff.get("podAntiAffinity") or _l(spec.get("topologySpreadConstraints")))
+    terms = []
+    req = _d(_d(aff.get("nodeAffinity")).get("requiredDuringSchedulingIgnoredDuringExecution"))
+    for t in _l(req.get("nodeSelectorTerms")):
+        t = _d(t)
+        if _l(t.get("matchFields")):
+            opaque = True
+        exprs = tuple((_s(_d(e).get("key")), _s(_d(e).get("operator")),
+                       tuple(str(v) for v in _l(_d(e).get("values")))) for e in _l(t.get("matchExpressions")))
+        terms.append(NodeTerm(exprs))
+    for c in _l(spec.get("containers")) + _l(spec.get("initContainers")):
+        if any(_d(p).get("hostPort") for p in _l(_d(c).get("ports"))):
+            opaque = True
+    tolerations = tuple(Toleration(_s(_d(t).get("key")), _s(_d(t).get("operator")) or "Equal",
+                                   _s(_d(t).get("value")), _s(_d(t).get("effect")))
+                        for t in _l(spec.get("tolerations")))
+    selector = tuple(sorted((str(k), str(v)) for k, v in _d(spec.get("nodeSelector")).items()))
+    if not (selector or terms or tolerations or opaque):
+        return NO_PLACEMENT
+    return Placement(selector, tuple(terms), tolerations, opaque)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +348,9 @@ class Pod:
     group: str  # spec.schedulingGroup.podGroupName (1.36+), "" if none
     claims: tuple[PodClaimRef, ...]
     claim_statuses: tuple[tuple[str, str], ...]  # pod claim name -> generated ResourceClaim name
+    placement: Placement = NO_PLACEMENT  # what the pod asks of a node (selector, affinity, tolerations)
+    nominated_node: str = ""  # status.nominatedNodeName
+    gated: bool = False  # spec.schedulingGates not empty: kube-scheduler does not look at it yet
     priority: int = 0  # spec.priority (filled by the Priority admission plugin)
     created: float = 0.0  # metadata.creationTimestamp, unix seconds
     scheduler_name: str = ""  # spec.schedulerName
@@ -319,6 +390,9 @@ def parse_pod(obj: Mapping[str, Any]) -> Pod:
         group=_s(_d(spec.get("schedulingGroup")).get("podGroupName")),
         claims=claims,
         claim_statuses=statuses,
+        placement=parse_placement(spec),
+        nominated_node=_s(status.get("nominatedNodeName")),
+        gated=bool(_l(spec.get("schedulingGates"))),
         priority=prio if isinstance(prio := spec.get("priority"), int) and not isinstance(prio, bool) else 0,
         created=parse_time(meta.get("creationTimestamp")),
         scheduler_name=_s(spec.get("schedulerName")),

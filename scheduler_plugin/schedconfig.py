@@ -17,9 +17,25 @@ class SchedulerSettings:
     key_file: str = ""
     kubeconfig: str = "/etc/kubernetes/scheduler.conf"
     weight: int = 5
-    http_timeout: str = "2s"
+    http_timeout: str = ""  # default: 2s, or 30s with bind (a held gang bind must fit in it)
     ignorable: bool = False  # fail closed: pods wait while the extender is unreachable
-    percentage_of_nodes_to_score: int = 100  # the extender must see every feasible node
+    # 0: kube-scheduler's adaptive default. The extender plans every pod over the whole cluster from its cache
+    # and nominates the node; the sample only matters for pods it could not nominate.
+    percentage_of_nodes_to_score: int = 0
+    bind: bool = False  # bindVerb: the gang bind barrier (all members bound together)
+
+
+BIND_HTTP_TIMEOUT = "30s"  # held bind calls answer within the extender's --bind-hold-seconds (default 20)
+
+
+class SettingsError(ValueError):
+    """Settings that kube-scheduler would accept but that break a guarantee; the message says which."""
+
+
+def validate(s: SchedulerSettings) -> None:
+    if s.bind and s.ignorable:
+        raise SettingsError("bind and ignorable do not go together: with ignorable: true a failed or held bind "
+                            "falls through to kube-scheduler's default binder, which binds the pod anyway")
 
 
 def extender_entry(s: SchedulerSettings) -> dict[str, Any]:
@@ -30,11 +46,13 @@ def extender_entry(s: SchedulerSettings) -> dict[str, Any]:
         "prioritizeVerb": "prioritize",
         "weight": s.weight,
         "enableHTTPS": https,
-        "httpTimeout": s.http_timeout,
+        "httpTimeout": s.http_timeout or (BIND_HTTP_TIMEOUT if s.bind else "2s"),
         "nodeCacheCapable": True,
         "managedResources": [],
         "ignorable": s.ignorable,
     }
+    if s.bind:
+        e["bindVerb"] = "bind"
     if https:
         host = s.url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
         tls: dict[str, Any] = {"serverName": s.server_name or host}
@@ -48,19 +66,23 @@ def extender_entry(s: SchedulerSettings) -> dict[str, Any]:
 
 
 def scheduler_config(s: SchedulerSettings) -> dict[str, Any]:
-    return {
+    validate(s)
+    doc: dict[str, Any] = {
         "apiVersion": "kubescheduler.config.k8s.io/v1",
         "kind": "KubeSchedulerConfiguration",
         "clientConnection": {"kubeconfig": s.kubeconfig},
-        "percentageOfNodesToScore": s.percentage_of_nodes_to_score,
-        "profiles": [{"schedulerName": "default-scheduler"}],
-        "extenders": [extender_entry(s)],
     }
+    if s.percentage_of_nodes_to_score:
+        doc["percentageOfNodesToScore"] = s.percentage_of_nodes_to_score
+    doc["profiles"] = [{"schedulerName": "default-scheduler"}]
+    doc["extenders"] = [extender_entry(s)]
+    return doc
 
 
 def render(s: SchedulerSettings) -> str:
     head = (
         "# kube-scheduler configuration calling the topodra extender (`extenders:` applies to every profile).\n"
-        "# percentageOfNodesToScore: 100 so that the extender sees every feasible node, not a sample.\n"
+        "# The extender nominates each pod's node (planned over the whole cluster), so kube-scheduler keeps its\n"
+        "# adaptive percentageOfNodesToScore. bindVerb (--bind) turns on the gang bind barrier.\n"
     )
     return head + yaml.safe_dump(scheduler_config(s), sort_keys=False)

@@ -19,10 +19,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from scheduler_plugin.cache import Cache
 from scheduler_plugin.config import ExtenderConfig
 from scheduler_plugin.filter import requirements_or_none
+from scheduler_plugin.gang.coordinator import Coordinator
 from scheduler_plugin.index import Index
 from scheduler_plugin.metrics import Metrics
 from scheduler_plugin.views import Views, filter_reply, prioritize_reply
-from scheduler_plugin.wire import BadRequest, filter_result, parse_args, priority_list
+from scheduler_plugin.wire import (
+    BadRequest,
+    binding_result,
+    filter_result,
+    parse_args,
+    parse_bind_args,
+    priority_list,
+)
 
 MAX_BODY = 64 * 1024 * 1024  # full Node lists (without nodeCacheCapable) can be large
 STALE_WARN_EVERY = 10.0
@@ -36,8 +44,12 @@ def _json(body: bytes, status: int = 200) -> web.Response:
 
 class Extender:
     def __init__(self, cfg: ExtenderConfig, index: Index, metrics: Metrics, cache: Cache | None = None,
-                 clock: Callable[[], float] = time.monotonic, require_client_cert: bool = False) -> None:
+                 clock: Callable[[], float] = time.monotonic, require_client_cert: bool = False,
+                 coordinator: Coordinator | None = None,
+                 binder: Callable[[str, str, str, str], Awaitable[str]] | None = None) -> None:
         self.cfg = cfg
+        self.coordinator = coordinator  # gang members are judged and bound by it
+        self.binder = binder  # binds pods that are in no gang (bindVerb)
         self.require_client_cert = require_client_cert
         self.index = index
         self.metrics = metrics
@@ -52,6 +64,8 @@ class Extender:
         for prefix in ("", "/v1"):
             app.router.add_post(f"{prefix}/filter", self._timed("filter", self.filter))
             app.router.add_post(f"{prefix}/prioritize", self._timed("prioritize", self.prioritize))
+            app.router.add_post(f"{prefix}/bind", self._timed("bind", self.bind))
+        app.router.add_get("/debug/gangs", self.debug_gangs)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_handler)
@@ -94,6 +108,13 @@ class Extender:
             self.metrics.errors.labels("not_synced").inc()
             return _json(filter_result([], {}, {}, "topodra: extender cache not synced yet; retry"))
         self._stale_check("filter")
+        if self.coordinator is not None:
+            gang = self.coordinator.filter(args.pod, args.node_names)
+            if gang is not None:
+                m = self.metrics.decisions
+                m.labels("passed").inc(len(gang.passed))
+                m.labels("unresolvable").inc(len(gang.unresolvable))
+                return _json(filter_result(gang.passed, gang.failed, gang.unresolvable, gang.error))
         out = filter_reply(self.index, self.cfg, args.pod, args.node_names, self.clock(), self.views)
         if out.error:
             self.metrics.errors.labels("unresolved_claim").inc()
@@ -115,6 +136,23 @@ class Extender:
         req = requirements_or_none(self.index, self.cfg, args.pod)
         return _json(prioritize_reply(self.index, self.cfg, args.pod, req, args.node_names, self.clock(),
                                       self.views))
+
+    async def bind(self, request: web.Request) -> web.StreamResponse:
+        """bindVerb: gang members wait at the barrier; other pods are bound at once."""
+        b = parse_bind_args(await request.read())
+        if self.coordinator is not None:
+            err = await self.coordinator.bind(b.namespace, b.pod_name, b.uid, b.node)
+        elif self.binder is not None:
+            err = await self.binder(b.namespace, b.pod_name, b.uid, b.node)
+        else:
+            err = "topodra: this extender was started without API access and cannot bind"
+        if err:
+            self.log.info("bind_refused", pod=f"{b.namespace}/{b.pod_name}", node=b.node, error=err)
+        return _json(binding_result(err))
+
+    async def debug_gangs(self, _: web.Request) -> web.StreamResponse:
+        gangs = self.coordinator.snapshot() if self.coordinator is not None else []
+        return _json(orjson.dumps({"gangs": gangs}))
 
     async def healthz(self, _: web.Request) -> web.StreamResponse:
         return web.Response(text="ok")

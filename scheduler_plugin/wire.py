@@ -76,6 +76,35 @@ def parse_args(body: bytes) -> ExtenderArgs:
     return ExtenderArgs(pod, tuple(names))
 
 
+@dataclass(frozen=True, slots=True)
+class BindingArgs:
+    pod_name: str
+    namespace: str
+    uid: str
+    node: str
+
+
+def parse_bind_args(body: bytes) -> BindingArgs:
+    """`ExtenderBindingArgs`: PodName, PodNamespace, PodUID, Node (all required strings)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(f"body is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest(f"body must be a JSON object (ExtenderBindingArgs), got {type(doc).__name__}")
+    vals = []
+    for f in ("PodName", "PodNamespace", "PodUID", "Node"):
+        v = _get(doc, f)
+        if not isinstance(v, str) or not v:
+            raise BadRequest(f"field {f} must be a non-empty string")
+        vals.append(v)
+    return BindingArgs(*vals)
+
+
+def binding_result(error: str = "") -> bytes:
+    return orjson.dumps({"Error": error})
+
+
 def filter_result(passed: list[str] | tuple[str, ...], failed: dict[str, str], unresolvable: dict[str, str],
                   error: str = "") -> bytes:
     return orjson.dumps({

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from scheduler_plugin.config import DEFAULT_LEVELS, ConfigError, GangConfig, load_config, parse_config
-from scheduler_plugin.schedconfig import SchedulerSettings, scheduler_config
+from scheduler_plugin.schedconfig import SchedulerSettings, SettingsError, scheduler_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,13 +82,28 @@ def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
 
 def test_scheduler_config_matches_contract() -> None:
     doc = scheduler_config(SchedulerSettings(url="https://ext.example:8443/v1/"))
-    assert doc["percentageOfNodesToScore"] == 100
+    # The extender nominates each pod's node itself: kube-scheduler keeps its adaptive sample.
+    assert "percentageOfNodesToScore" not in doc
     e = doc["extenders"][0]
     assert e["urlPrefix"] == "https://ext.example:8443/v1"
     assert (e["filterVerb"], e["prioritizeVerb"], e["nodeCacheCapable"], e["enableHTTPS"]) == (
         "filter", "prioritize", True, True)
     assert e["tlsConfig"] == {"serverName": "ext.example", "caFile": "/etc/topodra/ca.crt"}
     assert "bindVerb" not in e and e["managedResources"] == [] and e["weight"] > 0
+
+
+def test_bind_verb_with_a_consistent_timeout_and_never_ignorable() -> None:
+    e = scheduler_config(SchedulerSettings(url="https://ext.example:8443/v1", bind=True))["extenders"][0]
+    assert (e["bindVerb"], e["httpTimeout"], e["ignorable"]) == ("bind", "30s", False)
+    with pytest.raises(SettingsError, match="default binder"):
+        scheduler_config(SchedulerSettings(bind=True, ignorable=True))
+
+
+def test_cli_refuses_bind_with_ignorable(capsys: pytest.CaptureFixture[str]) -> None:
+    from topodra_cli.main import main
+
+    assert main(["extender", "print-scheduler-config", "--bind", "--ignorable"]) == 2
+    assert "bind and ignorable" in capsys.readouterr().err
 
 
 def test_cli_prints_scheduler_config(capsys: pytest.CaptureFixture[str]) -> None:
