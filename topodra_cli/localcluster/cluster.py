@@ -22,6 +22,9 @@ from typing import Any
 
 import yaml
 
+from kubeaccess.credentials import Credentials, load_credentials, ssl_context
+from kubeaccess.errors import ApiError
+from kubeaccess.sync import KubeClient, path_escape
 from topodra_cli.localcluster import pki, schedulerconfig
 from topodra_cli.localcluster.binaries import K8S_VERSION, bin_dir, ensure_binaries
 from topodra_cli.localcluster.gates import check_gates, gate_flag, runtime_config
@@ -38,6 +41,7 @@ from topodra_cli.localcluster.teardown import stop_real_nodes
 
 SERVICE_CIDR = "10.0.0.0/24"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+MERGE_PATCH = "application/merge-patch+json"
 # Stop order: clients first, etcd last (the apiserver can take long to exit once etcd is gone).
 STOP_ORDER = ("heartbeat", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
 
@@ -78,6 +82,7 @@ class LocalCluster:
         self.procs = ProcessTable(self.dir)
         self.state: ClusterState | None = None
         self._api: Any = None
+        self._kube: KubeClient | None = None
 
     # ---- paths --------------------------------------------------------------------------------
     @property
@@ -356,16 +361,12 @@ class LocalCluster:
 
     def wait_default_service_account(self, namespace: str, timeout: float = 60) -> None:
         """Pods are refused until the controller-manager has made the namespace's `default` account."""
-        from kubernetes import client
-        from kubernetes.client.rest import ApiException
-
-        core = client.CoreV1Api(self.api_client())
         deadline = time.monotonic() + timeout
         while True:
             try:
-                core.read_namespaced_service_account("default", namespace)
+                self.kube().get(f"/api/v1/namespaces/{path_escape(namespace)}/serviceaccounts/default")
                 return
-            except ApiException:
+            except ApiError:
                 if time.monotonic() > deadline:
                     raise ClusterError(
                         f"ServiceAccount {namespace}/default never appeared; see "
@@ -375,14 +376,8 @@ class LocalCluster:
 
     # ---- HTTP helpers -------------------------------------------------------------------------
     def _ssl_context(self, tls: bool) -> ssl.SSLContext:
-        if not tls:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            return ctx
-        ctx = ssl.create_default_context(cafile=str(self.pki_dir / "ca.crt"))
-        ctx.load_cert_chain(str(self.pki_dir / "admin.crt"), str(self.pki_dir / "admin.key"))
-        return ctx
+        # tls: as the kubeconfig's admin; else a component's health port (self-signed), not verified.
+        return ssl_context(load_credentials(str(self.kubeconfig)) if tls else Credentials(server="", insecure=True))
 
     def _get(self, url: str, tls: bool = True, timeout: float = 5) -> str:
         ctx = self._ssl_context(tls) if url.startswith("https") else None
@@ -410,6 +405,12 @@ class LocalCluster:
         )
 
     # ---- API access ---------------------------------------------------------------------------
+    def kube(self) -> KubeClient:
+        """Raw JSON access as the admin (kubeaccess); `api_client()` is the official client, for typed models."""
+        if self._kube is None:
+            self._kube = KubeClient.load(str(self.kubeconfig), pool_size=64, user_agent="topodra-harness")
+        return self._kube
+
     def api_client(self) -> Any:
         from kubernetes import client, config
 
@@ -431,46 +432,45 @@ class LocalCluster:
 
     def add_fake_nodes(self, nodes: Iterable[tuple[str, Mapping[str, str], Mapping[str, str]]]) -> None:
         """Create Ready nodes with no kubelet; the heartbeat process keeps their Leases fresh."""
-        from kubernetes import client
-
-        # Here, not at the top: the kubernetes package would cost every `topodra` start time and memory
-        # (docs/benchmarks-driver.md, "Resident memory of a one-node driver process").
+        # Here, not at the top: the heartbeat runs as `python -m` of its module, which must not be
+        # imported already by its package (runpy warns on stderr then).
         from topodra_cli.localcluster.heartbeat import FAKE_NODE_LABEL, renew_lease
 
-        api = self.api_client()
-        core = client.CoreV1Api(api)
-        coord = client.CoordinationV1Api(api)
+        kube = self.kube()
 
         def one(item: tuple[str, Mapping[str, str], Mapping[str, str]]) -> None:
             name, labels, cap = item
             resources = {"cpu": "64", "memory": "512Gi", "pods": "110", **cap}
-            node = core.create_node({
+            node = kube.request("POST", "/api/v1/nodes", body={
                 "apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
                                                       FAKE_NODE_LABEL: "true", **labels}},
             })
+            path = f"/api/v1/nodes/{path_escape(name)}"
             now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            core.patch_node_status(name, {"status": {
+            kube.request("PATCH", f"{path}/status", content_type=MERGE_PATCH, body={"status": {
                 "capacity": resources, "allocatable": resources,
                 "conditions": [{"type": "Ready", "status": "True", "reason": "FakeNode",
                                 "message": "topodra fake node", "lastHeartbeatTime": now,
                                 "lastTransitionTime": now}],
                 "nodeInfo": {"kubeletVersion": self.version, "architecture": "amd64", "operatingSystem": "linux"},
             }})
-            renew_lease(coord, name, node.metadata.uid)
+            renew_lease(kube, name, node["metadata"]["uid"])
             # Admission taints every new node not-ready; the lifecycle controller lifts it only on its
             # next pass (seconds). The node is Ready, so lift it now.
             for _ in range(50):
-                n = core.read_node(name)
-                taints = [t for t in (n.spec.taints or []) if t.key != "node.kubernetes.io/not-ready"]
-                if len(taints) == len(n.spec.taints or []):
+                n = kube.get(path)
+                old = (n.get("spec") or {}).get("taints") or []
+                taints = [t for t in old if t.get("key") != "node.kubernetes.io/not-ready"]
+                if len(taints) == len(old):
                     return
                 try:
-                    core.patch_node(name, {"metadata": {"resourceVersion": n.metadata.resource_version},
-                                           "spec": {"taints": [api.sanitize_for_serialization(t) for t in taints]}})
+                    kube.request("PATCH", path, content_type=MERGE_PATCH, body={
+                        "metadata": {"resourceVersion": n["metadata"]["resourceVersion"]},
+                        "spec": {"taints": taints}})
                     return
-                except client.ApiException as e:
-                    if e.status != 409:
+                except ApiError as e:
+                    if not e.conflict:
                         raise
 
         items = list(nodes)
@@ -478,10 +478,8 @@ class LocalCluster:
             list(pool.map(one, items))
 
     def delete_node(self, name: str) -> None:
-        from kubernetes import client
-
-        with contextlib.suppress(client.ApiException):
-            client.CoreV1Api(self.api_client()).delete_node(name)
+        with contextlib.suppress(ApiError):
+            self.kube().request("DELETE", f"/api/v1/nodes/{path_escape(name)}")
 
 
 def _scheduler_base(given: Path | Mapping[str, Any] | None) -> dict[str, Any] | None:
