@@ -41,7 +41,7 @@ from scheduler_plugin.server import Extender, server_ssl_context
 from scheduler_plugin.wire import filter_result, parse_args, priority_list
 from topodra_cli.localcluster import pki
 from topodra_cli.localcluster.processes import free_port
-from topodra_cli.testing.objects import STD, Json, gpu_nic_template
+from topodra_cli.testing.objects import STD, Json, device_classes, gpu_nic_template
 
 
 def rss_kib() -> int:
@@ -63,15 +63,8 @@ def _dev(kind: str, i: int, clique: str) -> Json:
     return {"name": f"{kind}-{i}", "attributes": attrs}
 
 
-CLASSES = [
-    {"metadata": {"name": f"{k}.topodra.dev"}, "spec": {"selectors": [{"cel": {"expression":
-        f'device.driver == "topodra.dev" && device.attributes["topodra.dev"].type == "{k}"'}}]}}
-    for k in ("gpu", "nic")
-]
-
-
 def build(index: Index, n: int, rng: random.Random, pattern: str = "random") -> list[str]:
-    for dc in CLASSES:
+    for dc in device_classes():
         apply_event(index, "deviceclasses", "ADDED", dc)
     for t in (gpu_nic_template("bench", "pair", 1, 1, f"{STD}/pcieRoot"),
               gpu_nic_template("bench", "quad", 4, 4, f"{STD}/numaNode"),

@@ -7,13 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 from driver.model import NodeTopology
 from driver.publisher import SLICES, field_selector
 from driver.slices import desired_slices, devices_equal
 from kubeaccess.errors import ApiError
 from kubeaccess.sync import KubeClient
+from topodra_cli.testing.objects import device_classes
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICE_CLASSES = ROOT / "deploy" / "deviceclasses.yaml"
@@ -36,7 +35,7 @@ def wait_for(pred: Callable[[], T], timeout: float = 30.0, interval: float = 0.2
 
 
 def apply_device_classes(client: KubeClient) -> None:
-    for doc in yaml.safe_load_all(DEVICE_CLASSES.read_text()):
+    for doc in device_classes():
         try:
             client.request("POST", "/apis/resource.k8s.io/v1/deviceclasses", body=doc)
         except ApiError as e:

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from scheduler_plugin.cache import apply_event
 from scheduler_plugin.config import ExtenderConfig, default_config
 from scheduler_plugin.index import Index
-from topodra_cli.testing.objects import STD, Json
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def device_classes() -> list[Json]:
-    return [d for d in yaml.safe_load_all((ROOT / "deploy" / "deviceclasses.yaml").read_text()) if d]
+from topodra_cli.testing.objects import STD, Json, device_classes
 
 
 def dev(name: str, kind: str, root: str | None = None, numa: int | None = None, **extra: Any) -> Json:

@@ -5,10 +5,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import yaml
+
+from topodra_cli.localcluster.binaries import repo_root
+
 STD = "resource.kubernetes.io"
 GPU_CLASS = "gpu.topodra.dev"
 NIC_CLASS = "nic.topodra.dev"
 Json = dict[str, Any]
+
+
+def device_classes() -> list[Json]:
+    """topodra's DeviceClasses as users install them (deploy/deviceclasses.yaml)."""
+    docs = yaml.safe_load_all((repo_root() / "deploy" / "deviceclasses.yaml").read_text())
+    return [d for d in docs if d]
 
 
 def device(kind: str, i: int, root: str, numa: int) -> Json:
