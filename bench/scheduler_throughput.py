@@ -45,16 +45,24 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.schedmetrics import Hist, Samples, client_context, counter, delta, histograms, scrape
-from driver.kubeapi import CONNECTED, ApiError, KubeClient
+from kubeaccess.errors import ApiError
+from kubeaccess.stream import CONNECTED
+from kubeaccess.sync import KubeClient
 from scheduler_plugin.schedconfig import SchedulerSettings, scheduler_config
 from topodra_cli.localcluster import LocalCluster, pki
 from topodra_cli.localcluster.processes import free_port
-from topodra_cli.testing.objects import STD, Json, claim_pod, device_classes, gpu_nic_template
+from topodra_cli.testing.objects import STD, Json, claim_pod, gpu_nic_template
 
 # How the extender runs in row (b), in one place (besides where it listens, its TLS files and kubeconfig,
 # which the bench chooses). The admin kubeconfig it gets can patch pods/status.
 EXTENDER_ARGS: tuple[str, ...] = ("--log-level=warning",)
 
+CLASSES = [
+    {"apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": f"{k}.topodra.dev"},
+     "spec": {"selectors": [{"cel": {"expression":
+         f'device.driver == "topodra.dev" && device.attributes["topodra.dev"].type == "{k}"'}}]}}
+    for k in ("gpu", "nic")
+]
 SCHED_EP = "scheduler_framework_extension_point_duration_seconds"
 SCHED_PLUGIN = "scheduler_plugin_execution_duration_seconds"
 EXT_LATENCY = "topodra_extender_request_duration_seconds"
@@ -128,7 +136,7 @@ def setup(cluster: LocalCluster, client: KubeClient, n: int) -> tuple[float, flo
     cluster.add_fake_nodes(nodes)
     t_nodes = time.monotonic() - t
     t = time.monotonic()
-    for dc in device_classes():
+    for dc in CLASSES:
         try:
             client.request("POST", "/apis/resource.k8s.io/v1/deviceclasses", body=dc)
         except ApiError as e:
@@ -194,15 +202,14 @@ class PodWatch:
                         self.connected.set()
                         continue
                     obj = ev.get("object") or {}
-                    if kind == "ERROR":  # e.g. 410 Gone: list again
-                        rv = ""
-                        break
                     rv = obj.get("metadata", {}).get("resourceVersion", rv)
                     if kind in ("ADDED", "MODIFIED"):
                         self._see(obj, now)
                     if self.done.is_set() or self.stop.is_set():
                         return
-            except ApiError as e:
+            except ApiError as e:  # an ERROR event too; 410 Gone: list again
+                if e.gone:
+                    rv = ""
                 self.error = str(e)
                 time.sleep(0.5)
 

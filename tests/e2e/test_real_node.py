@@ -225,7 +225,7 @@ def baseline(cluster: LocalCluster, e2e: Env) -> Probe:
 
 
 def device_classes(cluster: LocalCluster) -> None:
-    from driver.kubeapi import KubeClient
+    from kubeaccess.sync import KubeClient
     from tests.fakes.kube import apply_device_classes
 
     apply_device_classes(KubeClient.load(str(cluster.kubeconfig)))
@@ -255,7 +255,7 @@ def test_plain_pod_runs_to_completion_and_logs_are_readable(
 
 
 def test_driver_registers_with_the_kubelet_and_publishes(cluster: LocalCluster, e2e: Env) -> None:
-    from driver.kubeapi import KubeClient
+    from kubeaccess.sync import KubeClient
     from tests.fakes.kube import node_slices
 
     e2e.node.wait_driver_registered(timeout=60)  # the kubelet called NotifyRegistrationStatus(true)
