@@ -51,18 +51,12 @@ from kubeaccess.sync import KubeClient
 from scheduler_plugin.schedconfig import SchedulerSettings, scheduler_config
 from topodra_cli.localcluster import LocalCluster, pki
 from topodra_cli.localcluster.processes import free_port
-from topodra_cli.testing.objects import STD, Json, claim_pod, gpu_nic_template
+from topodra_cli.testing.objects import STD, Json, claim_pod, device_classes, gpu_nic_template
 
 # How the extender runs in row (b), in one place (besides where it listens, its TLS files and kubeconfig,
 # which the bench chooses). The admin kubeconfig it gets can patch pods/status.
 EXTENDER_ARGS: tuple[str, ...] = ("--log-level=warning",)
 
-CLASSES = [
-    {"apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": f"{k}.topodra.dev"},
-     "spec": {"selectors": [{"cel": {"expression":
-         f'device.driver == "topodra.dev" && device.attributes["topodra.dev"].type == "{k}"'}}]}}
-    for k in ("gpu", "nic")
-]
 SCHED_EP = "scheduler_framework_extension_point_duration_seconds"
 SCHED_PLUGIN = "scheduler_plugin_execution_duration_seconds"
 EXT_LATENCY = "topodra_extender_request_duration_seconds"
@@ -136,7 +130,7 @@ def setup(cluster: LocalCluster, client: KubeClient, n: int) -> tuple[float, flo
     cluster.add_fake_nodes(nodes)
     t_nodes = time.monotonic() - t
     t = time.monotonic()
-    for dc in CLASSES:
+    for dc in device_classes():
         try:
             client.request("POST", "/apis/resource.k8s.io/v1/deviceclasses", body=dc)
         except ApiError as e:
