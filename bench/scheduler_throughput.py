@@ -338,14 +338,14 @@ class Extender:
 
 # ---- the bench -------------------------------------------------------------------------------------------------
 def rows_for(percentage_b: int) -> dict[str, Row]:
-    rows = {
+    # (c) attributes a loss to the percentage rather than the extender; it is in the default sequence only when
+    # (b)'s config forces a percentage, but --rows can ask for it (then at 100 %) to compare with earlier runs.
+    forced = percentage_b or 100
+    return {  # in the order the tables show them
         "a": Row("a", "default kube-scheduler (no extender, percentageOfNodesToScore unset)", False, 0),
+        "c": Row("c", f"default kube-scheduler forced to percentageOfNodesToScore {forced}", False, forced),
         "b": Row("b", "kube-scheduler + topodra extender (as print-scheduler-config / Helm)", True, percentage_b),
     }
-    if percentage_b:
-        rows["c"] = Row("c", f"default kube-scheduler forced to percentageOfNodesToScore {percentage_b}", False,
-                        percentage_b)
-    return rows
 
 
 def run_row(cluster: LocalCluster, client: KubeClient, ext: Extender, row: Row, ns: str, pods: int,
@@ -374,8 +374,9 @@ def run_row(cluster: LocalCluster, client: KubeClient, ext: Extender, row: Row, 
     load0 = os.getloadavg()[0]
     wall, c2b, r2b = run_pods(client, ns, pods, timeout)
     load1 = os.getloadavg()[0]
-    # A bound pod's binding cycle (PostBind) may still be finishing; give it a moment before the scrape.
-    time.sleep(0.5)
+    # A bound pod's binding cycle (PostBind) may still be finishing, and the sampled plugin durations reach the
+    # registry from a buffer flushed every second: wait a little longer than that before the scrape.
+    time.sleep(1.5)
     s1 = scrape(f"{sched_url}/metrics", sched_ctx)
     e1 = ext.metrics() if row.extender else None
     cpu = {c: cpu_seconds(p) - cpu0[c] for c, p in pids.items()}
@@ -515,7 +516,7 @@ def markdown(sizes: list[SizeResult], rows: dict[str, Row], command: str, machin
                 f"{fmt(quantile(r2b, 0.5))} / {fmt(quantile(r2b, 0.99))} s |")
     lines += ["", f"{pods} pods per run; setup (fake nodes, then slices): " + "; ".join(
         f"{s.nodes:,} nodes {fmt(s.setup_nodes_s, 0)} s + {fmt(s.setup_slices_s, 0)} s" for s in sizes), ""]
-    keys = list(rows)
+    keys = [k for k in rows if any(r.row == k for s in sizes for r in s.runs)]
     lines += ["Where kube-scheduler's time goes, from its own /metrics (difference over each run, pooled per row; "
               "mean ms per call, calls per pod in brackets):", "",
               "| nodes | measure | " + " | ".join(f"({k})" for k in keys) + " |",
@@ -531,7 +532,8 @@ def markdown(sizes: list[SizeResult], rows: dict[str, Row], command: str, machin
         def line(label: str, cells: list[str], nodes: int = s.nodes) -> None:
             lines.append(f"| {nodes:,} | {label} | " + " | ".join(cells) + " |")
 
-        line("nodes filtered per cycle (sampled)", [fmt(bd[k].nodes_filtered_per_cycle(), 0) for k in keys])
+        line("nodes filtered per cycle (sampled)",
+             [fmt(bd[k].nodes_filtered_per_cycle(), 0) if bd[k].nodes_filtered_per_cycle() else "—" for k in keys])
         for ep in EXTENSION_POINTS:
             if any(ep in bd[k].ep for k in keys):
                 line(ep, [cell(bd[k].ep.get(ep), bd[k]) for k in keys])
@@ -582,10 +584,10 @@ def main() -> int:
     out("machine.nproc", os.cpu_count() or 0, "cores", 0)
     percentage_b = int(scheduler_config(SchedulerSettings()).get("percentageOfNodesToScore") or 0)
     rows = rows_for(percentage_b)
-    order = [x.strip() for x in (a.rows or ("a,c,b,a" if "c" in rows else "a,b,a")).split(",") if x.strip()]
+    order = [x.strip() for x in (a.rows or ("a,c,b,a" if percentage_b else "a,b,a")).split(",") if x.strip()]
     if unknown := [x for x in order if x not in rows]:
         raise SystemExit(f"--rows: unknown rows {unknown}; known: {sorted(rows)}")
-    for r in rows.values():
+    for r in (rows[k] for k in dict.fromkeys(order)):
         print(f"row {r.key}: {r.label}; percentageOfNodesToScore {r.percentage or 'unset'}", flush=True)
     print(f"extender flags: {' '.join(EXTENDER_ARGS)}", flush=True)
     results: list[SizeResult] = []
