@@ -1,11 +1,20 @@
-"""Every benchmark still runs end to end (tiny sizes): a figure in docs/ must stay reproducible."""
+"""Every benchmark still runs end to end (tiny sizes) and prints sane figures: a figure in docs/ must stay
+reproducible, and a NaN, a zero or a negative time printed where a measurement belongs is a broken benchmark.
+
+The bounds are physical, not performance targets: times are positive and shorter than the run, memory is
+more than an empty interpreter and less than the machine, rates are positive, p50 <= p99.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,43 +23,196 @@ from topodra_cli.localcluster.binaries import repo_root
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 BENCH = repo_root() / "bench"
+TIMEOUT = 600
+NUM = r"[-+]?(?:nan|inf|\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?)"
+# (lowest, highest) per unit; None = no bound on that side.
+BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "s": (0.0, TIMEOUT),
+    "ms": (0.0, TIMEOUT * 1000.0),
+    "MiB": (5.0, 65536.0),  # a process's RSS: more than an empty interpreter
+    "MiB_growth": (0.0, 65536.0),  # what a data structure added to it
+    "per_s": (0.0, 1e7),
+    "count": (0.0, None),
+}
 
 
 def _run(name: str, *args: str) -> str:
     r = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *args],
-                       capture_output=True, text=True, timeout=600, check=False)
+                       capture_output=True, text=True, timeout=TIMEOUT, check=False)
     assert r.returncode == 0, f"bench/{name}.py failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
     return r.stdout
 
 
+def number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def check(what: str, value: float, unit: str, *, strict: bool = True) -> None:
+    """Finite and inside the unit's bounds; `strict`: above the lower bound, not equal to it."""
+    assert math.isfinite(value), f"{what} = {value} {unit}: not a number"
+    lo, hi = BOUNDS[unit]
+    if lo is not None:
+        assert value > lo if strict else value >= lo, f"{what} = {value} {unit}: not above {lo}"
+    if hi is not None:
+        assert value < hi, f"{what} = {value} {unit}: not below {hi}"
+
+
+def _unit_of_key(path: list[str]) -> str:
+    """The unit a JSON key names (innermost key that names one): `*_s`, `*_ms`, `*mib*`, `*_per_s`."""
+    for key in reversed(path):
+        k = key.lower()
+        if k.endswith("_per_s"):
+            return "per_s"
+        if k.endswith("_ms"):
+            return "ms"
+        if k.endswith("_s"):
+            return "s"
+        if "mib" in k:
+            return "MiB"
+    return "count"
+
+
+def _leaves(obj: Any, path: list[str]) -> Iterator[tuple[list[str], Any]]:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _leaves(v, [*path, str(k)])
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _leaves(v, [*path, str(i)])
+    else:
+        yield path, obj
+
+
+def check_json(doc: dict[str, Any]) -> None:
+    """Every number finite and in its key's bounds; p50 <= p99 and median <= max wherever both are given."""
+    for path, v in _leaves(doc, []):
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        unit = _unit_of_key(path)
+        # Sizes must exceed an empty interpreter; a time inside a breakdown may round to 0 (the tests
+        # check the headline figures strictly).
+        check(".".join(path), float(v), unit, strict=unit == "MiB")
+    stack: list[Any] = [doc]
+    while stack:
+        d = stack.pop()
+        if isinstance(d, dict):
+            if isinstance(d.get("p50"), int | float) and isinstance(d.get("p99"), int | float):
+                assert d["p50"] <= d["p99"], d
+            if isinstance(d.get("median"), int | float) and isinstance(d.get("max"), int | float):
+                assert d["median"] <= d["max"], d
+            stack.extend(d.values())
+        elif isinstance(d, list):
+            stack.extend(d)
+
+
+def printed_json(text: str) -> dict[str, Any]:
+    """The JSON document a benchmark prints last (from its first line that is just `{`)."""
+    lines = text.splitlines()
+    start = max(i for i, ln in enumerate(lines) if ln == "{")
+    doc: dict[str, Any] = json.loads("\n".join(lines[start:]))
+    return doc
+
+
 def test_driver_publish(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
-    _run("driver_publish", "--nodes", "20", "--runs", "1", "--json", str(out))
+    text = _run("driver_publish", "--nodes", "20", "--runs", "1", "--json", str(out))
     r = json.loads(out.read_text())
-    assert r["slices"] == 20 and r["publish_s"]["median"] > 0 and r["baseline_raw_create_s"]["median"] > 0
-    assert r["sighup_to_converged_s"]["median"] > 0 and r["delete_to_recreated_s"]["median"] > 0
+    assert printed_json(text) == r
+    check_json(r)
+    assert r["slices"] == 20
+    for key in ("publish_s", "baseline_raw_create_s", "sighup_to_converged_s", "delete_to_recreated_s"):
+        check(key, r[key]["median"], "s")
+    runs = re.findall(rf"(\w+)=({NUM})", "\n".join(ln for ln in text.splitlines() if ln.startswith("run ")))
+    assert runs, text
+    for k, v in runs:
+        check(f"printed {k}", number(v), "s")
 
 
 def test_driver_rss(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
-    _run("driver_rss", "--runs", "1", "--settle", "1", "--json", str(out))
+    text = _run("driver_rss", "--runs", "1", "--settle", "1", "--json", str(out))
     r = json.loads(out.read_text())
-    assert 5 < r["python-baseline"]["rss_mib_median"] < r["file"]["rss_mib_median"] < r["file+plugin"]["rss_mib_median"]
+    assert printed_json(text) == r
+    check_json(r)
+    assert r["python-baseline"]["rss_mib_median"] < r["file"]["rss_mib_median"] < r["file+plugin"]["rss_mib_median"]
+    printed = re.findall(rf"rss ({NUM}) MiB, peak ({NUM}) MiB", text)
+    assert printed, text
+    for rss, peak in printed:
+        check("rss", number(rss), "MiB")
+        assert number(rss) <= number(peak), (rss, peak)
 
 
 def test_kubelet_plugin(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
-    _run("kubelet_plugin", "--rounds", "6", "--claims", "2", "--restarts", "1", "--parallel-claims", "4",
-         "--json", str(out))
+    text = _run("kubelet_plugin", "--rounds", "6", "--claims", "2", "--restarts", "1", "--parallel-claims", "4",
+                "--json", str(out))
     r = json.loads(out.read_text())
-    assert r["registered_s"] and r["rss_idle_mib"] > 0 and "1-device" in r
+    check_json(r)
+    assert "1-device" in r
+    m = re.search(rf"start -> registered: median ({NUM}) s, max ({NUM}) s", text)
+    assert m, text
+    check("registered median", number(m[1]), "s")
+    assert number(m[1]) <= number(m[2])
+    for verb in ("prepare", "unprepare"):
+        rows = re.findall(rf"(?<![a-z]){verb} p50 ({NUM}) ms +p99 ({NUM}) ms", text)
+        assert len(rows) == 3, text  # one per claim shape
+        for p50, p99 in rows:
+            check(f"{verb} p50", number(p50), "ms")
+            assert number(p50) <= number(p99)
+    m = re.search(rf"parallel prepare: ({NUM}) claims/s", text)
+    assert m, text
+    check("parallel prepare", number(m[1]), "per_s")
+    m = re.search(rf"RSS: idle ({NUM}) MiB, after runs ({NUM}) MiB", text)
+    assert m, text
+    check("idle RSS", number(m[1]), "MiB")
+    check("RSS after runs", number(m[2]), "MiB")
+    m = re.search(rf"dir fsync p50 ({NUM}) ms, p99 ({NUM}) ms", text)
+    assert m, text
+    check("fsync p50", number(m[1]), "ms")
+    assert number(m[1]) <= number(m[2])
 
 
 def test_extender_latency() -> None:
     text = _run("extender_latency", "--sizes", "200", "--requests", "5")
-    assert "filter" in text and "prioritize" in text and "trivial" in text
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in text.splitlines()
+            if re.match(r"\| 200 \|", ln)]
+    assert sorted(r[1] for r in rows) == ["extender filter", "extender prioritize", "trivial filter",
+                                          "trivial prioritize"], text
+    for row in rows:
+        cpu50, cpu99, srv50, srv99, cli50, cli99 = (number(c) for c in row[2:])
+        for name, v in (("server CPU", cpu50), ("server", srv50)):
+            # A trivial handler's time can round to 0.00 ms; never below.
+            check(f"{row[1]} {name} p50", v, "ms", strict=False)
+        check(f"{row[1]} client p50", cli50, "ms")
+        assert cpu50 <= cpu99 and srv50 <= srv99 and cli50 <= cli99, row
+        assert srv50 <= cli50, f"{row[1]}: the server's time is part of the client's: {row}"
+    m = re.search(rf"cache built in ({NUM}) s, cache RSS ({NUM}) MiB", text)
+    assert m, text
+    check("cache build", number(m[1]), "s", strict=False)
+    check("cache RSS", number(m[2]), "MiB_growth")
+    firsts = re.search(r"first filter per pod shape \(memo cold\): ([^;]*) ms", text)
+    assert firsts, text
+    for v in firsts[1].split(","):
+        check("first filter", number(v.strip()), "ms", strict=False)
+
+
+# scheduler_throughput prints `name: value unit`; the unit decides the bounds.
+THROUGHPUT_UNITS = {"pods/s": "per_s", "s": "s", "ms": "ms", "MiB": "MiB", "ratio": "per_s"}
 
 
 def test_scheduler_throughput() -> None:
     text = _run("scheduler_throughput", "--nodes", "20", "--pods", "6")
-    assert "pods/s" in text
+    figures = {m[1]: (number(m[2]), m[3])
+               for m in re.finditer(rf"^([\w.+/-]+): ({NUM}) (\S+)$", text, re.MULTILINE)}
+    rates = {k: v for k, (v, unit) in figures.items() if unit == "pods/s"}
+    assert rates, text
+    for name, (v, unit) in figures.items():
+        if "minus" in name:  # a difference of two means: either sign, but a number
+            assert math.isfinite(v), (name, v)
+            continue
+        kind = THROUGHPUT_UNITS.get(unit, "count")
+        # Set-up of 20 nodes may print 0.0 s at one digit; a rate, a memory size or a ratio may never be 0.
+        check(name, v, kind, strict=kind in ("per_s", "MiB"))
+    for name, (v, _) in figures.items():
+        if name.endswith("_p50") and name[:-3] + "p99" in figures:
+            assert v <= figures[name[:-3] + "p99"][0], name
