@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -456,3 +457,98 @@ def test_parsers_never_raise(obj: Any, spec: Any) -> None:
                                             "scheduleTimeoutSeconds": spec, "parallelism": spec, "completions": spec,
                                             "schedulingConstraints": {"topology": spec}}})
         assert g.size is None or g.size >= 1
+
+
+# --- real apiserver ------------------------------------------------------------------------------------------
+
+PAUSE = {"name": "c", "image": "registry.k8s.io/pause:3.10"}
+
+
+def _raw(resp: Any) -> dict[str, Any]:
+    import json
+
+    out: dict[str, Any] = json.loads(resp.data)
+    return out
+
+
+def _job_pod(api: Any, namespace: str, job_body: dict[str, Any]) -> tuple[dict[str, Any], Pod]:
+    """Create a Job (its pods stay pending: scheduler `nobody`) and return it with its first pod."""
+    import time
+
+    from kubernetes import client
+
+    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+    job_obj = _raw(batch.create_namespaced_job(namespace, job_body, _preload_content=False))
+    name = job_obj["metadata"]["name"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        pods = _raw(core.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={name}",
+                                             _preload_content=False))["items"]
+        if pods:
+            return job_obj, parse_pod(pods[0])
+        time.sleep(0.2)
+    raise AssertionError(f"the Job controller made no pods for Job {name}")
+
+
+def _gang_job(name: str, parallelism: int, completions: int) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": {"topodra.dev/gang": "true"},
+                         "annotations": {"topodra.dev/topology-required": "rack"}},
+            "spec": {"parallelism": parallelism, "completions": completions, "template": {"spec": {
+                "restartPolicy": "Never", "schedulerName": "nobody", "containers": [PAUSE]}}}}
+
+
+@pytest.mark.cluster
+def test_real_upstream_podgroup_and_job(gw_cluster: Any, gw_namespace: str) -> None:
+    """What a 1.37 apiserver with GenericWorkload stores reads as the sources expect (field names, defaults)."""
+    from kubernetes import client
+
+    api, ns = gw_cluster.api_client(), gw_namespace
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    pg = _raw(custom.create_namespaced_custom_object(
+        "scheduling.k8s.io", "v1beta1", ns, "podgroups", _preload_content=False, body={
+            "apiVersion": "scheduling.k8s.io/v1beta1", "kind": "PodGroup", "metadata": {"name": "w"},
+            "spec": {"schedulingPolicy": {"gang": {"minCount": 3}},
+                     "schedulingConstraints": {"topology": [{"key": "nvidia.com/gpu.clique"}]}}}))
+    p = parse_pod(_raw(core.create_namespaced_pod(ns, _preload_content=False, body={
+        "metadata": {"name": "m-0", "annotations": {"topodra.dev/topology-preferred": "node"}},
+        "spec": {"schedulingGroup": {"podGroupName": "w"}, "schedulerName": "nobody", "containers": [PAUSE]}})))
+    assert (p.group, p.scheduler_name, p.priority) == ("w", "nobody", 0) and p.created > 0
+    parsed = parse_upstream_podgroup(pg)
+    g = gang_of(p, PlainObjs(parsed), CFG, DEFAULT_LEVELS)
+    assert isinstance(g, GangSpec)
+    assert (g.key.source, g.size, g.required, g.preferred, g.problems) == ("podgroup", 3, "clique", "node", ())
+    assert g.owner is not None and g.owner.uid == pg["metadata"]["uid"] and g.created == parsed.created > 0
+
+    # WorkloadWithJob gives every Job a PodGroup (basic unless the Job asks for a gang) and links its pods to it:
+    # the basic group must not hide the Job marker.
+    job_obj, jp = _job_pod(api, ns, _gang_job("train", 2, 4))
+    assert jp.group, "WorkloadWithJob did not link the Job's pod to a PodGroup"
+    auto = parse_upstream_podgroup(_raw(custom.get_namespaced_custom_object(
+        "scheduling.k8s.io", "v1beta1", ns, "podgroups", jp.group, _preload_content=False)))
+    assert auto.basic, auto
+    g = spec_of(jp, PlainObjs(parse_job(job_obj), auto))
+    assert (g.key, g.size, g.required, g.problems) == (GangKey(ns, "job", "train"), 2, "rack", ())
+
+
+@pytest.mark.cluster
+def test_real_coscheduling_podgroup_and_job(cluster: Any, namespace: str) -> None:
+    from kubernetes import client
+
+    from topodra_cli.localcluster.crds import install_coscheduling_podgroup
+
+    api = cluster.api_client()
+    install_coscheduling_podgroup(api)
+    pg = _raw(client.CustomObjectsApi(api).create_namespaced_custom_object(
+        "scheduling.x-k8s.io", "v1alpha1", namespace, "podgroups", _preload_content=False, body={
+            "apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup", "metadata": {"name": "pg"},
+            "spec": {"minMember": 4, "scheduleTimeoutSeconds": 30}}))
+    p = replace(pod(labels={"scheduling.x-k8s.io/pod-group": "pg"}), namespace=namespace)
+    g = spec_of(p, PlainObjs(parse_coscheduling_podgroup(pg)))
+    assert (g.size, g.timeout_seconds, g.problems) == (4, 30.0, ())
+    assert g.owner == OwnerRef("scheduling.x-k8s.io/v1alpha1", "PodGroup", namespace, "pg", pg["metadata"]["uid"])
+
+    job_obj, jp = _job_pod(api, namespace, _gang_job("train", 3, 2))
+    assert jp.group == ""  # no WorkloadWithJob here
+    g = spec_of(jp, PlainObjs(parse_job(job_obj)))
+    assert (g.key, g.size, g.required) == (GangKey(namespace, "job", "train"), 2, "rack")
+    assert g.owner is not None and g.owner.uid == jp.label("batch.kubernetes.io/controller-uid")
