@@ -19,18 +19,22 @@ TEST_ROOT = Path(os.environ.get("TOPODRA_TEST_ROOT", "/tmp/topodra"))
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "heartbeat")
 
 
-def _sweep_stale_clusters() -> None:
+def _sweep_stale(prefix: str) -> None:
     """Tear down clusters left by killed test runs (their owner pid is gone)."""
-    for d in TEST_ROOT.glob("test-*"):
-        owner = d.name.removeprefix("test-")
+    for d in TEST_ROOT.glob(f"{prefix}*"):
+        owner = d.name.removeprefix(prefix)
         if owner.isdigit() and not pid_alive(int(owner)):
             LocalCluster(d).down()
 
 
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[LocalCluster]:
-    _sweep_stale_clusters()
-    c = LocalCluster(TEST_ROOT / f"test-{os.getpid()}")
+@contextlib.contextmanager
+def _session_cluster(
+    prefix: str, *, generic_workload: bool = False, scheduler_config: Path | None = None
+) -> Iterator[LocalCluster]:
+    """A control plane owned by this pytest process, in `<test root>/<prefix><pid>`."""
+    _sweep_stale(prefix)
+    c = LocalCluster(TEST_ROOT / f"{prefix}{os.getpid()}", generic_workload=generic_workload,
+                     scheduler_config=scheduler_config)
     # SIGTERM (CI timeout, kill) must still tear the processes down.
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -42,12 +46,13 @@ def cluster() -> Iterator[LocalCluster]:
         signal.signal(signal.SIGTERM, previous)
 
 
-@pytest.fixture()
-def namespace(cluster: LocalCluster) -> Iterator[str]:
+@contextlib.contextmanager
+def _namespace(cluster: LocalCluster, prefix: str) -> Iterator[str]:
+    """A fresh namespace, ready for pods; deleted afterwards with everything in it."""
     from kubernetes import client
 
     core = client.CoreV1Api(cluster.api_client())
-    name = f"t-{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": name}})
     try:
         # Right after an apiserver restart the controller-manager can lag (its RBAC reads are refused
@@ -60,6 +65,18 @@ def namespace(cluster: LocalCluster) -> Iterator[str]:
             core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
         with contextlib.suppress(client.ApiException):
             core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    with _session_cluster("test-") as c:
+        yield c
+
+
+@pytest.fixture()
+def namespace(cluster: LocalCluster) -> Iterator[str]:
+    with _namespace(cluster, "t-") as name:
+        yield name
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -82,38 +99,16 @@ GW_SECOND_PROFILE = "topodra-second-profile"
 
 @pytest.fixture(scope="session")
 def gw_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    for d in TEST_ROOT.glob(f"{GW_PREFIX}*"):  # left by killed runs
-        owner = d.name.removeprefix(GW_PREFIX)
-        if owner.isdigit() and not pid_alive(int(owner)):
-            LocalCluster(d).down()
     sched = tmp_path_factory.mktemp("gw") / "scheduler.yaml"
     sched.write_text(
         "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\nprofiles:\n"
         f"- schedulerName: default-scheduler\n- schedulerName: {GW_SECOND_PROFILE}\n"
     )
-    c = LocalCluster(TEST_ROOT / f"{GW_PREFIX}{os.getpid()}", generic_workload=True, scheduler_config=sched)
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        c.up(owner_pid=os.getpid())
+    with _session_cluster(GW_PREFIX, generic_workload=True, scheduler_config=sched) as c:
         yield c
-    finally:
-        c.down()
-        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture()
 def gw_namespace(gw_cluster: LocalCluster) -> Iterator[str]:
-    from kubernetes import client
-
-    core = client.CoreV1Api(gw_cluster.api_client())
-    name = f"gw-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name}})
-    try:
-        gw_cluster.wait_default_service_account(name)
+    with _namespace(gw_cluster, "gw-") as name:
         yield name
-    finally:
-        with contextlib.suppress(client.ApiException):
-            core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
-        with contextlib.suppress(client.ApiException):
-            core.delete_namespace(name)
