@@ -6,8 +6,9 @@ UID with one entry per requested UID; a claim's own failure is its `error`, neve
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import structlog
@@ -22,8 +23,23 @@ V1BETA1_SERVICE = "k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin"
 PREPARE = "NodePrepareResources"
 UNPREPARE = "NodeUnprepareResources"
 
+# The same messages from the two wire packages; `pb` below is one of them.
+PrepareRequest = dra_v1_pb2.NodePrepareResourcesRequest | dra_v1beta1_pb2.NodePrepareResourcesRequest
+PrepareResponse = dra_v1_pb2.NodePrepareResourcesResponse | dra_v1beta1_pb2.NodePrepareResourcesResponse
+UnprepareRequest = dra_v1_pb2.NodeUnprepareResourcesRequest | dra_v1beta1_pb2.NodeUnprepareResourcesRequest
+UnprepareResponse = dra_v1_pb2.NodeUnprepareResourcesResponse | dra_v1beta1_pb2.NodeUnprepareResourcesResponse
 
-def _refs(claims: Any) -> list[ClaimRef]:
+
+class _Claim(Protocol):
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def uid(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+
+
+def _refs(claims: Iterable[_Claim]) -> list[ClaimRef]:
     seen: dict[str, ClaimRef] = {}
     for c in claims:
         seen.setdefault(c.uid, ClaimRef(namespace=c.namespace, uid=c.uid, name=c.name))
@@ -31,17 +47,16 @@ def _refs(claims: Any) -> list[ClaimRef]:
 
 
 class DraServicer:
-    def __init__(self, state: DeviceState, pb: ModuleType, with_share_id: bool) -> None:
+    def __init__(self, state: DeviceState, pb: ModuleType) -> None:
         self.state = state
         self.pb = pb
-        self.with_share_id = with_share_id
         self.version = "v1" if pb is dra_v1_pb2 else "v1beta1"
 
-    def prepare(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def prepare(self, request: PrepareRequest, context: grpc.ServicerContext) -> PrepareResponse:
         refs = _refs(request.claims)
         log.info("node_prepare_resources", api=self.version, claims=[f"{r}:{r.uid}" for r in refs])
         results = self.state.prepare_many(refs)
-        resp = self.pb.NodePrepareResourcesResponse()
+        resp: PrepareResponse = self.pb.NodePrepareResourcesResponse()
         for uid, res in results.items():
             entry = resp.claims[uid]  # creates the entry even when it stays empty
             if res.error:
@@ -54,16 +69,16 @@ class DraServicer:
                     device_name=d.device_name,
                     cdi_device_ids=list(d.cdi_device_ids),
                 )
-                if self.with_share_id and d.share_id is not None:
+                if d.share_id is not None and isinstance(dev, dra_v1_pb2.Device):  # v1beta1 has no share_id
                     dev.share_id = d.share_id
         self.state.crash_point("before-response")
         return resp
 
-    def unprepare(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def unprepare(self, request: UnprepareRequest, context: grpc.ServicerContext) -> UnprepareResponse:
         refs = _refs(request.claims)
         log.info("node_unprepare_resources", api=self.version, claims=[f"{r}:{r.uid}" for r in refs])
         results = self.state.unprepare_many(refs)
-        resp = self.pb.NodeUnprepareResourcesResponse()
+        resp: UnprepareResponse = self.pb.NodeUnprepareResourcesResponse()
         for uid, err in results.items():
             entry = resp.claims[uid]
             if err:
@@ -90,6 +105,6 @@ class DraServicer:
 
 def handlers(state: DeviceState) -> list[grpc.GenericRpcHandler[Any, Any]]:
     return [
-        DraServicer(state, dra_v1_pb2, with_share_id=True).handler(),
-        DraServicer(state, dra_v1beta1_pb2, with_share_id=False).handler(),
+        DraServicer(state, dra_v1_pb2).handler(),
+        DraServicer(state, dra_v1beta1_pb2).handler(),
     ]

@@ -19,6 +19,10 @@ from driver.pb import dra_health_v1_pb2, dra_health_v1alpha1_pb2
 
 log = structlog.get_logger("topodra.kubeletplugin")
 
+# The same messages from the two wire packages; `pb` below is one of them.
+WatchRequest = dra_health_v1_pb2.NodeWatchResourcesRequest | dra_health_v1alpha1_pb2.NodeWatchResourcesRequest
+WatchResponse = dra_health_v1_pb2.NodeWatchResourcesResponse | dra_health_v1alpha1_pb2.NodeWatchResourcesResponse
+
 
 _STATUS = {HEALTHY: 1, UNHEALTHY: 2, UNKNOWN: 0}
 
@@ -32,9 +36,9 @@ class HealthServicer:
         self.resend_every = resend_every
         self.package = pb.DESCRIPTOR.package
 
-    def _response(self, devices: Sequence[DeviceHealth]) -> Any:
+    def _response(self, devices: Sequence[DeviceHealth]) -> WatchResponse:
         pb = self.pb
-        return pb.NodeWatchResourcesResponse(
+        resp: WatchResponse = pb.NodeWatchResourcesResponse(
             devices=[
                 pb.DeviceHealth(
                     device=pb.DeviceIdentifier(pool_name=d.pool, device_name=d.device),
@@ -46,8 +50,9 @@ class HealthServicer:
                 for d in devices
             ]
         )
+        return resp
 
-    def watch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    def watch(self, request: WatchRequest, context: grpc.ServicerContext) -> Iterator[WatchResponse]:
         log.info("health_stream_opened", api=self.package, peer=context.peer())
         version, devices = self.monitor.snapshot()
         if version == 0:  # first check still running
