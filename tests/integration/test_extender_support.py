@@ -28,8 +28,10 @@ SLICES = "/apis/resource.k8s.io/v1/resourceslices"
 class ExtenderProcess:
     """`topodra extender` over HTTPS on loopback, with its own CA; restartable on the same port."""
 
-    def __init__(self, cluster: LocalCluster, workdir: Path, config: str | None = None) -> None:
+    def __init__(self, cluster: LocalCluster, workdir: Path, config: str | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.cluster = cluster
+        self.args = args
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ca = pki.make_ca(self.dir, "extender-ca")
@@ -46,16 +48,17 @@ class ExtenderProcess:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
-    def scheduler_entry(self, weight: int = 10, http_timeout: str = "2s") -> Json:
+    def scheduler_entry(self, weight: int = 10, http_timeout: str = "", bind: bool = False) -> Json:
         return extender_entry(SchedulerSettings(url=f"{self.url}/v1", ca_file=str(self.ca.cert), weight=weight,
-                                                http_timeout=http_timeout))
+                                                http_timeout=http_timeout, bind=bind))
 
     def start(self, wait_ready: bool = True) -> None:
         exe = Path(sys.executable).with_name("topodra")
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [str(exe), "extender", "--listen=127.0.0.1", f"--port={self.port}", f"--tls-cert={self.serving.cert}",
-             f"--tls-key={self.serving.key}", f"--config={self.config}", f"--kubeconfig={self.cluster.kubeconfig}"],
+             f"--tls-key={self.serving.key}", f"--config={self.config}", f"--kubeconfig={self.cluster.kubeconfig}",
+             *self.args],
             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
         log.close()
         self.starts += 1
@@ -100,12 +103,14 @@ class ExtenderProcess:
 
 @contextlib.contextmanager
 def extender_scheduler(cluster: LocalCluster, workdir: Path, config: str | None = None,
-                       weight: int = 10) -> Iterator[ExtenderProcess]:
+                       weight: int = 10, bind: bool = False, args: tuple[str, ...] = (),
+                       percentage: int = 100) -> Iterator[ExtenderProcess]:
     """Extender running and kube-scheduler configured to call it; both restored afterwards."""
-    ext = ExtenderProcess(cluster, workdir, config)
+    ext = ExtenderProcess(cluster, workdir, config, args)
     ext.start()
     try:
-        cluster.set_scheduler_config(extenders=[ext.scheduler_entry(weight=weight)], percentage_of_nodes_to_score=100)
+        cluster.set_scheduler_config(extenders=[ext.scheduler_entry(weight=weight, bind=bind)],
+                                     percentage_of_nodes_to_score=percentage)
         yield ext
     finally:
         with contextlib.suppress(Exception):
