@@ -15,6 +15,8 @@ through `observe()` with synthetic lists. At exit every violation seen is raised
   claim `release_grace` seconds later.
 
 Durations come from polls, so they are lower bounds off by at most one poll gap (`counters.max_poll_gap_seconds`).
+A state that lasts less than one poll can be missed: call `poll()` when the test needs it seen (a gang bound
+and deleted again within 0.2 s, say).
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class Counters:
     claims_seen: int = 0  # distinct claim uids
     allocated_claims_max: int = 0  # most claims allocated in one poll
     releases: int = 0  # explicit and automatic (all pods gone)
+    max_release_seconds: float = 0.0  # longest release -> claim deleted or deallocated, as polls saw it
     max_poll_gap_seconds: float = 0.0
 
 
@@ -337,6 +340,7 @@ class GangChecker:
                 held = by_uid.get(uid)  # the list is complete: a claim not in it is deleted
                 if held is None or not _is_allocated(held):
                     r.done.add(uid)
+                    self.counters.max_release_seconds = max(self.counters.max_release_seconds, now - r.at)
                 elif now - r.at > self.release_grace:
                     r.done.add(uid)
                     self.violations.append(Violation(

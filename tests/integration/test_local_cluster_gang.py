@@ -6,6 +6,7 @@ gang handling is compared with (scheduler-gang-1.37.md §4).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -20,6 +21,7 @@ from topodra_cli.localcluster import LocalCluster
 from topodra_cli.localcluster.crds import install_coscheduling_podgroup
 from topodra_cli.localcluster.gates import WORKLOAD_API
 from topodra_cli.localcluster.processes import pid_cmdline
+from topodra_cli.testing.objects import claim_pod, claim_template, request
 
 pytestmark = pytest.mark.cluster
 
@@ -144,3 +146,87 @@ def test_coscheduling_podgroup_crd_installs_and_validates(cluster: LocalCluster,
     with pytest.raises(client.ApiException) as err:
         objs.create_namespaced_custom_object("scheduling.x-k8s.io", "v1alpha1", namespace, "podgroups", bad)
     assert err.value.status == 422 and "minMember" in str(err.value.body)
+
+
+# ---- GangInvariants against real DRA claims (default cluster, plain scheduler) ----------------------
+@pytest.fixture()
+def dra_node(cluster: LocalCluster, namespace: str) -> Any:
+    """A fake node with 4 devices of a driver and class of this test's own (other tests' slices cannot match)."""
+    res = client.ResourceV1Api(cluster.api_client())
+    node, driver = f"inv-{namespace}", f"{namespace}.inv.topodra.dev"
+    cls = f"gpu.{driver}"
+    cluster.add_fake_node(node)
+    res.create_device_class({"apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": cls},
+                             "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{driver}"'}}]}})
+    res.create_resource_slice({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice", "metadata": {"name": node},
+        "spec": {"driver": driver, "nodeName": node, "pool": {"name": node, "generation": 1, "resourceSliceCount": 1},
+                 "devices": [{"name": f"gpu-{i}"} for i in range(4)]}})
+    res.create_namespaced_resource_claim_template(namespace, claim_template("one-gpu", [request("gpu", cls, 1)]))
+    yield node, driver
+    with contextlib.suppress(client.ApiException):
+        client.CoreV1Api(cluster.api_client()).delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
+    res.delete_resource_slice(node)
+    res.delete_device_class(cls)
+    cluster.delete_node(node)
+
+
+def _gang_pods(core: client.CoreV1Api, ns: str, gang: str, size: int) -> list[str]:
+    names = [f"{gang}-{i}" for i in range(size)]
+    for n in names:
+        core.create_namespaced_pod(ns, claim_pod(n, {"gpu": "one-gpu"}, annotations={
+            "topodra.dev/gang": gang, "topodra.dev/gang-size": str(size)}))
+    return names
+
+
+def test_invariants_follow_real_claims_through_a_gangs_life(
+    cluster: LocalCluster, namespace: str, dra_node: tuple[str, str]
+) -> None:
+    core = client.CoreV1Api(cluster.api_client())
+    with GangInvariants(cluster.api_client(), [namespace], release_grace=20.0) as inv:
+        names = _gang_pods(core, namespace, "g", 2)
+        _wait_bound(core, namespace, names, cluster, timeout=60)
+        inv.poll()  # binding can take less than one poll period: make sure the bound gang is seen
+        core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)  # release: claims must follow
+    c = inv.counters
+    assert (c.gangs_seen, c.gangs_fully_bound, c.releases) == (1, 1, 1)
+    assert c.claims_seen == 2 and c.allocated_claims_max == 2
+    assert c.max_release_seconds < 20.0  # often 0: the claims are gone in the same poll as the pods
+    assert c.max_poll_gap_seconds < 1.0, c  # polls kept up on a loaded 2-core machine
+    print(f"max partial {inv.max_partial_seconds:.2f}s, claims gone {c.max_release_seconds:.2f}s after the "
+          f"pods, {c.polls} polls, max gap {c.max_poll_gap_seconds:.2f}s")
+
+
+def test_invariants_catch_real_claims_kept_after_a_release(
+    cluster: LocalCluster, namespace: str, dra_node: tuple[str, str]
+) -> None:
+    core = client.CoreV1Api(cluster.api_client())
+    with pytest.raises(AssertionError, match=r"\[claims-not-released\] gang .*/g") as err, \
+            GangInvariants(cluster.api_client(), [namespace], release_grace=1.0) as inv:
+        names = _gang_pods(core, namespace, "g", 2)
+        _wait_bound(core, namespace, names, cluster, timeout=60)
+        inv.mark_released("g")  # but the pods, and so their claims, stay
+    assert str(err.value).count("claims-not-released") == 2
+
+
+def test_invariants_catch_a_device_in_two_real_claims(
+    cluster: LocalCluster, namespace: str, dra_node: tuple[str, str]
+) -> None:
+    node, driver = dra_node
+    res = client.ResourceV1Api(cluster.api_client())
+    core = client.CoreV1Api(cluster.api_client())
+    with pytest.raises(AssertionError, match=r"\[double-allocation\] device .*/gpu-") as err, \
+            GangInvariants(cluster.api_client(), [namespace]):
+        names = _gang_pods(core, namespace, "g", 1)
+        _wait_bound(core, namespace, names, cluster, timeout=60)
+        taken = core.read_namespaced_pod(names[0], namespace).status.resource_claim_statuses[0].resource_claim_name
+        device = res.read_namespaced_resource_claim(taken, namespace).status.allocation.devices.results[0].device
+        # A second claim whose status names the same device, written the way a broken allocator would.
+        res.create_namespaced_resource_claim(namespace, {"metadata": {"name": "forged"}, "spec": {"devices": {
+            "requests": [{"name": "gpu", "exactly": {"deviceClassName": f"gpu.{driver}"}}]}}})
+        res.patch_namespaced_resource_claim_status("forged", namespace, {"status": {"allocation": {
+            "devices": {"results": [{"request": "gpu", "driver": driver, "pool": node, "device": device}]},
+            "nodeSelector": {"nodeSelectorTerms": [{"matchFields": [
+                {"key": "metadata.name", "operator": "In", "values": [node]}]}]}}}})
+        time.sleep(0.6)
+    assert f"{namespace}/forged" in str(err.value) and f"{namespace}/{taken}" in str(err.value)

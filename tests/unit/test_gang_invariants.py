@@ -192,6 +192,7 @@ def test_claims_freed_within_the_grace_are_fine() -> None:
     c.observe(0.8, [], [])
     c.observe(5.0, [], [])
     assert kinds(c, 5.0) == []
+    assert c.counters.max_release_seconds == pytest.approx(0.6)
 
 
 def test_mark_released_of_an_unknown_gang_is_an_error() -> None:
