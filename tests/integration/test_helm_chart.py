@@ -85,4 +85,12 @@ def test_chart_scheduler_config_is_valid_for_kube_scheduler(cluster: LocalCluste
     written = yaml.safe_load((tmp_path / "out.yaml").read_text())
     ext = written["extenders"][0]
     assert ext["nodeCacheCapable"] is True and ext["filterVerb"] == "filter" and ext["enableHTTPS"] is True
-    assert written["percentageOfNodesToScore"] == 100
+    # The extender nominates each pod's node: kube-scheduler keeps its adaptive sample (0 = adaptive).
+    assert not written.get("percentageOfNodesToScore")
+    assert (ext["bindVerb"], ext["httpTimeout"], ext.get("ignorable", False)) == ("bind", "30s", False)
+
+
+def test_chart_refuses_ignorable_with_gang_bind() -> None:
+    argv = [str(_helm()), "template", "t", str(CHART), "--kube-version", "1.37.2", "--set", "extender.ignorable=true"]
+    r = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert r.returncode != 0 and "do not go together" in r.stderr
