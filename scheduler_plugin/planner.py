@@ -92,11 +92,13 @@ class Planner:
         packing = packing_by_domain(doms, ix.dom_list, job, free, max_free, cfg)
         rank = ix.dom_rank()
         wp = cfg.weights.packing
+        # As run_prioritize: alignment counts only for pods that do not turn it off.
+        use_align = table.shared and req.align != "none" and cfg.weights.alignment > 0
         raw: dict[int, float] = {}
         for k in uniq:
             sig, d = pairs[k]
             p = packing[d] + TIE_EPSILON * (1 - rank[d])
-            if table.shared and sig != NO_DEVICES:
+            if use_align and sig != NO_DEVICES:
                 a = align_of(ix, cfg, req, table, sig)
                 raw[k] = (a[0] + wp * p) / a[1]
             else:
