@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from kubeaccess.aio import AsyncKube
 from kubeaccess.credentials import load_credentials
@@ -91,3 +93,32 @@ def test_sync_and_async_clients_see_the_same_objects(cluster: LocalCluster, name
     assert names == want  # 5 objects over 3 pages of 2 (+ kube-root-ca.crt)
     assert events == [(CONNECTED, ""), ("ADDED", "late")], events
     assert seen[0] == (CONNECTED, "") and seen[-1] == ("ADDED", "late")
+
+
+def test_tls_server_name_is_what_gets_verified(cluster: LocalCluster, tmp_path: Path) -> None:
+    doc = yaml.safe_load(cluster.kubeconfig.read_text())
+
+    def with_name(name: str) -> str:
+        doc["clusters"][0]["cluster"]["tls-server-name"] = name
+        f = tmp_path / f"kc-{name}"
+        f.write_text(yaml.safe_dump(doc))
+        return str(f)
+
+    good, bad = with_name("kubernetes.default.svc"), with_name("not-the-apiserver.example")
+    assert KubeClient.load(good).get("/api/v1/namespaces/default")["metadata"]["name"] == "default"
+    with pytest.raises(ApiError) as e:
+        KubeClient.load(bad).get("/api/v1/namespaces/default")
+    assert e.value.status == 0 and "not-the-apiserver.example" in e.value.reason
+
+    async def list_with(kc: str) -> list[str]:
+        api = AsyncKube.from_credentials(load_credentials(kc))
+        try:
+            names, _ = await api.list_all("/api/v1/namespaces", {}, lambda o: str(o["metadata"]["name"]))
+            return names
+        finally:
+            await api.close()
+
+    assert "default" in asyncio.run(list_with(good))
+    with pytest.raises(ApiError) as e:
+        asyncio.run(list_with(bad))
+    assert e.value.status == 0 and "not-the-apiserver.example" in e.value.reason
