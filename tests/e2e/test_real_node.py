@@ -361,7 +361,7 @@ def test_gpu_claim_pod_sees_exactly_its_cdi_spec(
     from kubernetes import client
 
     device_classes(cluster)
-    client.ResourceV1Api(cluster.api_client()).create_namespaced_resourceclaim_template(namespace, gpu_nic_template(
+    client.ResourceV1Api(cluster.api_client()).create_namespaced_resource_claim_template(namespace, gpu_nic_template(
         None, "one-gpu", gpus=1, nics=0))
     spec, results = _run_claim_pod(cluster, e2e, baseline, namespace, "gpu", "one-gpu")
     assert len(results) == 1 and results[0]["request"] == "gpu"
@@ -379,7 +379,7 @@ def test_aligned_gpu_nic_claim_pod_sees_exactly_its_cdi_spec(
     from kubernetes import client
 
     device_classes(cluster)
-    client.ResourceV1Api(cluster.api_client()).create_namespaced_resourceclaim_template(namespace, gpu_nic_template(
+    client.ResourceV1Api(cluster.api_client()).create_namespaced_resource_claim_template(namespace, gpu_nic_template(
         None, "gpu-nic", gpus=1, nics=1, match=f"{STD}/pcieRoot"))
     spec, results = _run_claim_pod(cluster, e2e, baseline, namespace, "pair", "gpu-nic")
     assert sorted((r["request"], r["device"]) for r in results) == [("gpu", "gpu-1"), ("nic", "nic-0")]
@@ -396,7 +396,7 @@ def test_deleting_a_running_pod_unprepares_its_claim(
     from kubernetes import client
 
     device_classes(cluster)
-    client.ResourceV1Api(cluster.api_client()).create_namespaced_resourceclaim_template(namespace, gpu_nic_template(
+    client.ResourceV1Api(cluster.api_client()).create_namespaced_resource_claim_template(namespace, gpu_nic_template(
         None, "one-gpu", gpus=1, nics=0))
     _, results = _run_claim_pod(cluster, e2e, baseline, namespace, "deleted", "one-gpu", complete=False)
     assert len(results) == 1
@@ -416,3 +416,30 @@ def test_stop_leaves_nothing_behind(cluster: LocalCluster, e2e: Env) -> None:
     assert not [r for r in st.cgroup_roots() if r.exists()]
     assert not node.kubelet_root.exists()
     assert (node.dir / "logs" / "kubelet.log").exists()
+
+
+def test_gang_job_runs_to_complete_through_the_extender(
+    cluster: LocalCluster, e2e: Env, namespace: str, tmp_path: Path
+) -> None:
+    """A Job of 2 pods marked as a gang: planned whole, bound together by the extender, both run, Complete."""
+    from kubernetes import client
+
+    from tests.gang_invariants import GangInvariants, default_gang_of
+    from tests.integration.test_extender_support import extender_scheduler
+
+    device_classes(cluster)
+    client.ResourceV1Api(cluster.api_client()).create_namespaced_resource_claim_template(namespace, gpu_nic_template(
+        None, "one-gpu", gpus=1, nics=0))
+    pod = real_node_pod("w", "echo gang member done", node_name=e2e.node.name, claims=[("gpu", "one-gpu")])
+    job = {"apiVersion": "batch/v1", "kind": "Job",
+           "metadata": {"name": "gang", "labels": {"topodra.dev/gang": "true"}},
+           "spec": {"parallelism": 2, "completions": 2, "backoffLimit": 0,
+                    "template": {"metadata": {}, "spec": pod["spec"]}}}
+    batch = client.BatchV1Api(cluster.api_client())
+    with extender_scheduler(cluster, tmp_path / "ext", bind=True, percentage=0), \
+            GangInvariants(cluster, [namespace], default_gang_of(job_sizes={"gang": 2})) as inv:
+        batch.create_namespaced_job(namespace, job)
+        wait_until(lambda: any(c.type == "Complete" and c.status == "True"
+                               for c in (batch.read_namespaced_job_status("gang", namespace).status.conditions or [])),
+                   180, "the gang Job to complete", e2e.node)
+    assert inv.counters.gangs_fully_bound >= 1
