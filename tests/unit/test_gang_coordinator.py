@@ -90,7 +90,7 @@ def test_collects_then_plans_whole_and_steers_every_member() -> None:
     member(coord, "c", 3)
     coord.plan_all()
     assert set(acts.steered) == {"a", "b", "c"}
-    assert all(acts.annotations[n][PLAN_ANNOTATION].startswith(acts.steered[n] + "@") for n in "abc")
+    assert all(str(acts.annotations[n][PLAN_ANNOTATION]).startswith(acts.steered[n] + "@") for n in "abc")
     # Two members share one node (4 + 4 GPUs), one uses the other; the plan's devices are set aside.
     assert sorted(list(acts.steered.values()).count(n) for n in ("n0", "n1")) == [1, 2]
     assert len(idx.reserved) == 3 * 8
