@@ -351,17 +351,34 @@ class GangChecker:
 
 # ---- the poller -----------------------------------------------------------------------------------
 def _fetcher(source: Any, namespaces: Collection[str] | None) -> Fetch:
-    """Lists from a kubernetes ApiClient, a LocalCluster (anything with `.kubeconfig`), or a kubeconfig path."""
+    """Lists through a kubeaccess KubeClient (anything with `.get(path, **query)`), a LocalCluster (its
+    `kube()`), a kubernetes ApiClient, or a kubeconfig path."""
+    scope = sorted(namespaces) if namespaces else None
+    if callable(getattr(source, "kube", None)):
+        source = source.kube()
+    if callable(getattr(source, "get", None)) and callable(getattr(source, "request", None)):
+        kube = source
+
+        def fetch_raw() -> tuple[list[Json], list[Json]]:
+            if scope is None:
+                pods = list(kube.get("/api/v1/pods").get("items") or [])
+            else:
+                pods = [p for ns in scope for p in kube.get(f"/api/v1/namespaces/{ns}/pods").get("items") or []]
+            # One cluster-wide list is one consistent snapshot: a device moving between claims is never seen twice.
+            claims = list(kube.get("/apis/resource.k8s.io/v1/resourceclaims").get("items") or [])
+            return pods, claims
+
+        return fetch_raw
+
     from kubernetes import client, config
 
-    if isinstance(source, str | Path) or hasattr(source, "kubeconfig"):
+    if isinstance(source, str | Path):
         cfg = client.Configuration()
-        config.load_kube_config(str(getattr(source, "kubeconfig", source)), client_configuration=cfg)
+        config.load_kube_config(str(source), client_configuration=cfg)
         api = client.ApiClient(cfg)
     else:
         api = source
     core, resource = client.CoreV1Api(api), client.ResourceV1Api(api)
-    scope = sorted(namespaces) if namespaces else None
 
     def items(resp: Any) -> list[Json]:
         return list(json.loads(resp.data).get("items") or [])
@@ -373,7 +390,6 @@ def _fetcher(source: Any, namespaces: Collection[str] | None) -> Fetch:
         else:
             pods = [p for ns in scope for p in items(core.list_namespaced_pod(ns, _preload_content=False,
                                                                                _request_timeout=5))]
-        # One cluster-wide list is one consistent snapshot: a device moving between claims is never seen twice.
         claims = items(resource.list_resource_claim_for_all_namespaces(_preload_content=False, _request_timeout=5))
         return pods, claims
 

@@ -183,7 +183,7 @@ def test_invariants_follow_real_claims_through_a_gangs_life(
     cluster: LocalCluster, namespace: str, dra_node: tuple[str, str]
 ) -> None:
     core = client.CoreV1Api(cluster.api_client())
-    with GangInvariants(cluster.api_client(), [namespace], release_grace=20.0) as inv:
+    with GangInvariants(cluster, [namespace], release_grace=20.0) as inv:  # through cluster.kube()
         names = _gang_pods(core, namespace, "g", 2)
         _wait_bound(core, namespace, names, cluster, timeout=60)
         inv.poll()  # binding can take less than one poll period: make sure the bound gang is seen
@@ -202,7 +202,7 @@ def test_invariants_catch_real_claims_kept_after_a_release(
 ) -> None:
     core = client.CoreV1Api(cluster.api_client())
     with pytest.raises(AssertionError, match=r"\[claims-not-released\] gang .*/g") as err, \
-            GangInvariants(cluster.api_client(), [namespace], release_grace=1.0) as inv:
+            GangInvariants(cluster.kubeconfig, [namespace], release_grace=1.0) as inv:
         names = _gang_pods(core, namespace, "g", 2)
         _wait_bound(core, namespace, names, cluster, timeout=60)
         inv.mark_released("g")  # but the pods, and so their claims, stay
@@ -216,7 +216,7 @@ def test_invariants_catch_a_device_in_two_real_claims(
     res = client.ResourceV1Api(cluster.api_client())
     core = client.CoreV1Api(cluster.api_client())
     with pytest.raises(AssertionError, match=r"\[double-allocation\] device .*/gpu-") as err, \
-            GangInvariants(cluster.api_client(), [namespace]):
+            GangInvariants(cluster.kube(), [namespace]):
         names = _gang_pods(core, namespace, "g", 1)
         _wait_bound(core, namespace, names, cluster, timeout=60)
         taken = core.read_namespaced_pod(names[0], namespace).status.resource_claim_statuses[0].resource_claim_name
