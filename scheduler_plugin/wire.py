@@ -39,13 +39,18 @@ def _get(m: Mapping[str, Any], key: str) -> Any:
     return None
 
 
-def parse_args(body: bytes) -> ExtenderArgs:
+def _object(body: bytes, what: str) -> dict[str, Any]:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise BadRequest(f"body is not JSON: {e}") from None
     if not isinstance(doc, dict):
-        raise BadRequest(f"body must be a JSON object (ExtenderArgs), got {type(doc).__name__}")
+        raise BadRequest(f"body must be a JSON object ({what}), got {type(doc).__name__}")
+    return doc
+
+
+def parse_args(body: bytes) -> ExtenderArgs:
+    doc = _object(body, "ExtenderArgs")
     raw_pod = _get(doc, "Pod")
     if raw_pod is None:
         raise BadRequest("missing field Pod")
@@ -86,12 +91,7 @@ class BindingArgs:
 
 def parse_bind_args(body: bytes) -> BindingArgs:
     """`ExtenderBindingArgs`: PodName, PodNamespace, PodUID, Node (all required strings)."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise BadRequest(f"body is not JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise BadRequest(f"body must be a JSON object (ExtenderBindingArgs), got {type(doc).__name__}")
+    doc = _object(body, "ExtenderBindingArgs")
     vals = []
     for f in ("PodName", "PodNamespace", "PodUID", "Node"):
         v = _get(doc, f)

@@ -179,3 +179,30 @@ def test_https_with_client_ca(tmp_path: Any) -> None:
             await runner.cleanup()
 
     asyncio.run(main())
+
+
+def test_bind_verb_binds_through_the_binder_and_refuses_bad_input() -> None:
+    calls: list[tuple[str, str, str, str]] = []
+
+    async def binder(ns: str, name: str, uid: str, node: str) -> str:
+        calls.append((ns, name, uid, node))
+        return "" if node == "a" else "node gone"
+
+    ext = _extender()
+    ext.binder = binder
+
+    async def t(c: TestClient[Any, Any]) -> None:
+        args = {"PodName": "p", "PodNamespace": "ml", "PodUID": "u1", "Node": "a"}
+        r = await c.post("/v1/bind", data=orjson.dumps(args))
+        assert r.status == 200 and orjson.loads(await r.read()) == {"Error": ""}
+        r = await c.post("/bind", data=orjson.dumps({**args, "Node": "b"}))
+        assert orjson.loads(await r.read()) == {"Error": "node gone"}
+        for bad in (b"[]", b"{", orjson.dumps({**args, "PodUID": ""}), orjson.dumps({"PodName": "p"})):
+            r = await c.post("/v1/bind", data=bad)
+            assert r.status == 400, bad
+            assert orjson.loads(await r.read())["Error"]
+        r = await c.get("/debug/gangs")
+        assert orjson.loads(await r.read()) == {"gangs": []}
+
+    _with_client(t, ext)
+    assert calls == [("ml", "p", "u1", "a"), ("ml", "p", "u1", "b")]
