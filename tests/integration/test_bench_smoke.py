@@ -192,8 +192,8 @@ def test_extender_latency() -> None:
     check("cache RSS", number(m[2]), "MiB_growth")
     firsts = re.search(r"first filter per pod shape \(memo cold\): ([^;]*) ms", text)
     assert firsts, text
-    for v in firsts[1].split(","):
-        check("first filter", number(v.strip()), "ms", strict=False)
+    for first in firsts[1].split(","):
+        check("first filter", number(first.strip()), "ms", strict=False)
 
 
 # scheduler_throughput prints `name: value unit`; the unit decides the bounds.
@@ -216,3 +216,22 @@ def test_scheduler_throughput() -> None:
     for name, (v, _) in figures.items():
         if name.endswith("_p50") and name[:-3] + "p99" in figures:
             assert v <= figures[name[:-3] + "p99"][0], name
+
+
+def test_gang_throughput() -> None:
+    # 12 one-GPU members need two nodes of 8 GPUs, so one rack is the smallest domain that fits.
+    text = _run("gang_throughput", "--nodes", "20", "--gang-size", "12")
+    figures = {m[1]: (number(m[2]), m[3])
+               for m in re.finditer(rf"^([\w.+/-]+): ({NUM}) (\S+)$", text, re.MULTILINE)}
+    for name, (v, unit) in figures.items():
+        kind = {"s": "s", "ratio": "per_s"}.get(unit, "count")
+        # An interval that contains scheduling work or a ratio is never 0; a spread or a count may be.
+        check(name, v, kind, strict="_to_" in name or kind == "per_s")
+    for kind in ("gang", "plain"):
+        assert figures[f"{kind}.aligned_fraction"][0] == 1.0, text
+        assert figures[f"{kind}.create_to_bound_p50"][0] <= figures[f"{kind}.create_to_bound_p99"][0]
+        assert figures[f"{kind}.last_create_to_all_bound"][0] < figures[f"{kind}.first_create_to_all_bound"][0] + 1e-3
+    assert figures["gang.smallest_domain"][0] == 1.0 and figures["gang.racks_used"][0] == 1.0, text
+    assert figures["gang.last_create_to_first_bound"][0] <= figures["gang.last_create_to_all_bound"][0]
+    assert figures["gang.plans"][0] >= 1, text
+    assert "| **last create → all bound** |" in text, text
