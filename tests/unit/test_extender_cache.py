@@ -140,7 +140,8 @@ def test_gone_relists_and_drops_vanished_objects() -> None:
     fake.script = [first_watch]
 
     async def body(cache: Cache, idx: Index) -> None:
-        await _until(lambda: len(fake.lists) >= 2 and "c" in idx.nodes)
+        # The relist, and the watch that resumes from its resourceVersion (it starts right after).
+        await _until(lambda: len(fake.lists) >= 2 and "c" in idx.nodes and len(fake.watches) >= 2)
         idx.refresh(0.0)
         assert sorted(n for n, s in idx.nodes.items() if s.node) == ["c"]
         assert cache.states["nodes"].relists == 1
