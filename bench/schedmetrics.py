@@ -80,6 +80,18 @@ def counter(s: Samples, name: str, where: Mapping[str, str] | None = None) -> fl
     return total
 
 
+def counters(s: Samples, name: str, by: str | tuple[str, ...]) -> dict[str, float]:
+    """A counter summed over every label except `by` (joined with '/'); groups that stayed at zero are left out."""
+    keys = (by,) if isinstance(by, str) else by
+    out: dict[str, float] = {}
+    for (sample, labels), v in s.items():
+        if sample == name:
+            d = dict(labels)
+            group = "/".join(d.get(k, "") for k in keys)
+            out[group] = out.get(group, 0.0) + v
+    return {g: v for g, v in out.items() if v}
+
+
 def client_context(cert: Path, key: Path, ca: Path | None = None) -> ssl.SSLContext:
     """TLS with a client certificate; without `ca` the server is not verified (kube-scheduler's serving
     certificate is self-signed when no --tls-cert-file is given)."""

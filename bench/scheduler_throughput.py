@@ -44,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.schedmetrics import Hist, Samples, client_context, counter, delta, histograms, scrape
+from bench.schedmetrics import Hist, Samples, client_context, counter, counters, delta, histograms, scrape
 from kubeaccess.errors import ApiError
 from kubeaccess.stream import CONNECTED
 from kubeaccess.sync import KubeClient
@@ -410,13 +410,18 @@ def out(name: str, value: float, unit: str, digits: int = 2) -> None:
 class Breakdown:
     pods: int = 0
     ep: dict[str, Hist] = field(default_factory=dict)
-    plugin: dict[str, Hist] = field(default_factory=dict)  # "Plugin/ExtensionPoint"
+    # "Plugin/ExtensionPoint". Sampled (10 % of cycles), and kube-scheduler drops observations beyond 1,000 a
+    # second from its buffer, so only the means are usable, never the counts.
+    plugin: dict[str, Hist] = field(default_factory=dict)
+    evals: dict[str, float] = field(default_factory=dict)  # "Plugin/ExtensionPoint": exact call counts
     algorithm: Hist = field(default_factory=lambda: Hist(0, 0))
     attempt: Hist = field(default_factory=lambda: Hist(0, 0))  # scheduled attempts only
     sli: Hist = field(default_factory=lambda: Hist(0, 0))
     attempts: dict[str, float] = field(default_factory=dict)
     ext: dict[str, Hist] = field(default_factory=dict)
     ext_nodes: float = 0.0  # nodes the extender judged in filter calls
+    ext_counts: dict[str, float] = field(default_factory=dict)  # "what.label": steering and decision counters
+    ext_plan: dict[str, Hist] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
 
@@ -430,6 +435,8 @@ class Breakdown:
         self.wall_s += r.wall_s
         merge(self.ep, histograms(s, SCHED_EP, by="extension_point"))
         merge(self.plugin, histograms(s, SCHED_PLUGIN, by=("plugin", "extension_point")))
+        for k, v in counters(s, "scheduler_plugin_evaluation_total", by=("plugin", "extension_point")).items():
+            self.evals[k] = self.evals.get(k, 0.0) + v
         self.algorithm += histograms(s, "scheduler_scheduling_algorithm_duration_seconds").get("", Hist(0, 0))
         self.attempt += histograms(s, "scheduler_scheduling_attempt_duration_seconds",
                                    where={"result": "scheduled"}).get("", Hist(0, 0))
@@ -440,6 +447,11 @@ class Breakdown:
         if r.ext is not None:
             merge(self.ext, histograms(r.ext, EXT_LATENCY, by="verb"))
             self.ext_nodes += counter(r.ext, "topodra_extender_node_decisions_total")
+            merge(self.ext_plan, histograms(r.ext, "topodra_extender_plan_seconds", by="what"))
+            for what, name in (("steered", "topodra_extender_steered_total"),
+                               ("decisions", "topodra_extender_node_decisions_total")):
+                for label, v in counters(r.ext, name, by="outcome").items():
+                    self.ext_counts[f"{what}.{label}"] = self.ext_counts.get(f"{what}.{label}", 0.0) + v
         for c, v in r.cpu_s.items():
             self.cpu_s[c] = self.cpu_s.get(c, 0.0) + v
 
@@ -451,11 +463,10 @@ class Breakdown:
         return total
 
     def nodes_filtered_per_cycle(self) -> float:
-        """Nodes whose filters ran per scheduling cycle, from the sampled NodeResourcesFit calls (Filter runs once
-        per node, PreFilter once per cycle, both in the same sampled cycles)."""
-        pre = self.plugin.get("NodeResourcesFit/PreFilter")
-        filt = self.plugin.get("NodeResourcesFit/Filter")
-        return filt.count / pre.count if pre and filt and pre.count else 0.0
+        """Nodes the DRA Filter ran on per scheduling cycle (exact counters: Filter once per node, PreFilter once
+        per cycle)."""
+        pre = self.evals.get("DynamicResources/PreFilter", 0.0)
+        return self.evals.get("DynamicResources/Filter", 0.0) / pre if pre else 0.0
 
 
 def print_breakdown(prefix: str, b: Breakdown) -> None:
@@ -475,6 +486,9 @@ def print_breakdown(prefix: str, b: Breakdown) -> None:
     out(f"{prefix}.sched.attempt_scheduled.mean", b.attempt.mean_ms, "ms")
     out(f"{prefix}.sched.sli.mean", b.sli.mean_ms, "ms")
     out(f"{prefix}.sched.nodes_filtered_per_cycle", b.nodes_filtered_per_cycle(), "nodes")
+    for key, n in sorted(b.evals.items()):
+        plugin, ep = key.split("/", 1)
+        out(f"{prefix}.plugin_calls.{plugin}.{ep}_per_pod", n / b.pods, "calls/pod", 1)
     for key, h in sorted(b.plugin.items(), key=lambda kv: -kv[1].total_s):
         plugin, ep = key.split("/", 1)
         out(f"{prefix}.plugin_sampled.{plugin}.{ep}.mean", h.mean_ms, "ms", 4)
@@ -484,6 +498,11 @@ def print_breakdown(prefix: str, b: Breakdown) -> None:
         out(f"{prefix}.extender.{verb}.calls_per_pod", h.count / b.pods, "calls/pod")
     if "filter" in b.ext and b.ext["filter"].count:
         out(f"{prefix}.extender.filter.nodes_per_call", b.ext_nodes / b.ext["filter"].count, "nodes")
+    for key, n in sorted(b.ext_counts.items()):
+        out(f"{prefix}.extender.{key}_per_pod", n / b.pods, "per_pod")
+    for what, h in sorted(b.ext_plan.items()):
+        out(f"{prefix}.extender.plan.{what}.mean", h.mean_ms, "ms")
+        out(f"{prefix}.extender.plan.{what}.calls_per_pod", h.count / b.pods, "calls/pod")
     for c, v in sorted(b.cpu_s.items()):
         out(f"{prefix}.cpu.{c}_per_pod", 1000 * v / b.pods, "ms")
 
@@ -532,7 +551,7 @@ def markdown(sizes: list[SizeResult], rows: dict[str, Row], command: str, machin
         def line(label: str, cells: list[str], nodes: int = s.nodes) -> None:
             lines.append(f"| {nodes:,} | {label} | " + " | ".join(cells) + " |")
 
-        line("nodes filtered per cycle (sampled)",
+        line("nodes the DRA Filter ran on, per cycle",
              [fmt(bd[k].nodes_filtered_per_cycle(), 0) if bd[k].nodes_filtered_per_cycle() else "—" for k in keys])
         for ep in EXTENSION_POINTS:
             if any(ep in bd[k].ep for k in keys):
@@ -546,16 +565,36 @@ def markdown(sizes: list[SizeResult], rows: dict[str, Row], command: str, machin
         for verb in ("filter", "prioritize"):
             if any(verb in bd[k].ext for k in keys):
                 line(f"extender {verb}, server side", [cell(bd[k].ext.get(verb), bd[k]) for k in keys])
+        if any(bd[k].ext_plan for k in keys):
+            line("extender plan per pod (its own /metrics)", [cell(bd[k].ext_plan.get("pod"), bd[k]) for k in keys])
+        for key in sorted({c for k in keys for c in bd[k].ext_counts}):
+            line(f"extender {key}, per pod",
+                 [fmt(bd[k].ext_counts[key] / bd[k].pods, 2) if key in bd[k].ext_counts else "—" for k in keys])
         top = sorted({p for k in keys for p in bd[k].plugin}, key=lambda p: -max(
             bd[k].plugin.get(p, Hist(0, 0)).total_s for k in keys))[:6]
         for p in top:
-            line(f"plugin {p} (sampled, per call)",
-                 [fmt(bd[k].plugin[p].mean_ms, 3) if p in bd[k].plugin else "—" for k in keys])
+            line(f"plugin {p}, per call (sampled; exact calls per pod in brackets)",
+                 [(fmt(bd[k].plugin[p].mean_ms, 3) + (f" ({fmt(bd[k].evals[p] / bd[k].pods, 0)})"
+                                                      if p in bd[k].evals else ""))
+                  if p in bd[k].plugin else "—" for k in keys])
         comps = sorted({c for k in keys for c in bd[k].cpu_s})
         for c in comps:
             line(f"CPU ms per pod: {c}",
                  [fmt(1000 * bd[k].cpu_s.get(c, 0.0) / bd[k].pods, 0) if bd[k].pods else "—" for k in keys])
     return "\n".join(lines)
+
+
+def revision() -> str:
+    """The commit measured, and whether the extender's code differed from it (the tree is shared and busy)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "scheduler_plugin", "kubeaccess"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head}{' + uncommitted extender changes' if dirty else ''}"
 
 
 def machine() -> str:
@@ -580,7 +619,8 @@ def main() -> int:
     command = " ".join(["bench/scheduler_throughput.py", *(shlex.quote(x) for x in sys.argv[1:])])
     started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     mach = machine()
-    print(f"command: {command}\nmachine: {mach}\ndate: {started}", flush=True)
+    rev = revision()
+    print(f"command: {command}\nmachine: {mach}\ndate: {started}\nrevision: {rev}", flush=True)
     out("machine.nproc", os.cpu_count() or 0, "cores", 0)
     percentage_b = int(scheduler_config(SchedulerSettings()).get("percentageOfNodesToScore") or 0)
     rows = rows_for(percentage_b)
@@ -630,7 +670,7 @@ def main() -> int:
         finally:
             ext.stop()
             cluster.down()
-    md = markdown(results, rows, command, mach, started, a.pods)
+    md = markdown(results, rows, command, mach, f"{started}, revision {rev}", a.pods)
     print("\n--- Markdown ---\n" + md, flush=True)
     if a.json:
         a.json.write_text(json.dumps(to_json(results, rows, command, mach, started), indent=2))

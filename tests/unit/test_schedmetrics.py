@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.schedmetrics import Hist, counter, delta, histograms, parse
+from bench.schedmetrics import Hist, counter, counters, delta, histograms, parse
 
 EP = "scheduler_framework_extension_point_duration_seconds"
 HEAD = f"""\
@@ -52,3 +52,5 @@ def test_counter_sums_matching_series() -> None:
     d = delta(parse(AFTER), parse(BEFORE))
     assert counter(d, "topodra_extender_requests_total", {"verb": "filter"}) == 8.0
     assert counter(d, "topodra_extender_requests_total", {"code": "500"}) == 1.0
+    assert counters(d, "topodra_extender_requests_total", by="code") == {"200": 7.0, "500": 1.0}
+    assert counters(d, "topodra_extender_requests_total", by=("verb", "code"))["filter/500"] == 1.0
