@@ -83,7 +83,9 @@ def plan_gang(ix: Index, members: Sequence[Member], required: str | None,
     names = [n for n, _ in levels]
     top = names.index(required) if required in names else len(names) - 1
     demand = sum(m.gpus for m in members)
-    order = sorted(members, key=lambda m: (-m.gpus, m.pod.name, m.pod.uid))
+    # Members bound to aligned devices first: a member without constraints takes any free GPU, and placed
+    # first it may take the one GPU on a node that has a NIC on its root.
+    order = sorted(members, key=lambda m: (not _constrained(m.req), -m.gpus, m.pod.name, m.pod.uid))
     elig: dict[Placement, frozenset[str]] = {}
 
     def ok_for(m: Member) -> frozenset[str]:
@@ -92,30 +94,30 @@ def plan_gang(ix: Index, members: Sequence[Member], required: str | None,
             got = elig[m.pod.placement] = frozenset(eligible(m.pod.placement)) - frozenset(exclude)
         return got
 
-    best_fail: tuple[int, str, str, list[str]] = (-1, CLUSTER, "", [])
+    within = levels[top][1]  # the required level's index: every domain tried lies inside one of its domains
+    # The failure to report: most members placed, then most GPUs free (the domain closest to fitting).
+    best_fail: tuple[int, int, str, str, list[str]] = (-1, -1, CLUSTER, "", [])
     any_big_enough = False
     for li in range(top + 1):
         lname, lidx = levels[li]
-        for dom, nodes in _domains(ix, lname, lidx, bound_nodes):
+        for dom, nodes in _domains(ix, lname, lidx, bound_nodes, within):
             cap = sum(ix.nodes[n].total_gpus for n in nodes)
             if cap < demand:
                 continue
             any_big_enough = True
             free = sum(ix.nodes[n].free_gpus for n in nodes)
-            if free < demand:
-                if best_fail[0] < 0:
-                    best_fail = (0, lname, dom, nodes)
-                continue
-            placed, plan = _assign(ix, order, nodes, ok_for)
-            if plan is not None:
-                return GangPlan(lname, dom, plan)
-            if placed > best_fail[0]:
-                best_fail = (placed, lname, dom, nodes)
+            placed = 0
+            if free >= demand:
+                placed, plan = _assign(ix, order, nodes, ok_for)
+                if plan is not None:
+                    return GangPlan(lname, dom, plan)
+            if (placed, free) > best_fail[:2]:
+                best_fail = (placed, free, lname, dom, nodes)
     if not any_big_enough:
         where = "the cluster" if top == len(names) - 1 else f"any one {names[top]}"
         return Shortfall(names[top], f"the gang needs {demand} GPUs for {len(members)} members, more than {where} "
                                      "has even with every device free", never=True)
-    placed, lname, dom, nodes = best_fail
+    placed, _, lname, dom, nodes = best_fail
     label = "the cluster" if lname == CLUSTER else f"{lname} {dom}"
     free = sum(ix.nodes[n].free_gpus for n in nodes)
     held: dict[str, int] = {}
@@ -130,30 +132,55 @@ def plan_gang(ix: Index, members: Sequence[Member], required: str | None,
                                  f"{demand}{held_txt}")
 
 
-def _domains(ix: Index, lname: str, lidx: int | None, bound_nodes: Collection[str]) -> list[tuple[str, list[str]]]:
-    """The domains at one level that contain every bound member, fullest (fewest free GPUs) first."""
-    groups: dict[str, list[str]] = {}
+def _constrained(req: Requirements) -> bool:
+    return req.align not in ("none", "preferred") or any(r.match_attribute for v in req.variants for r in v.rules)
+
+
+def _domains(ix: Index, lname: str, lidx: int | None, bound_nodes: Collection[str],
+             within: int | None = None) -> list[tuple[str, list[str]]]:
+    """The domains at one level that contain every bound member, fullest (fewest free GPUs) first.
+
+    With `within` (the required level's index) a node outside every domain of that level is left out, and a
+    domain that spans several of them (a clique across racks) is split: a plan never leaves one required domain."""
+    groups: dict[tuple[str, str | None], list[str]] = {}
     for name, st in ix.nodes.items():
         if st.node is None or not st.total:
             continue
-        if lname == NODE:
-            key: str | None = name
-        elif lname == CLUSTER:
-            key = ""
-        else:
-            assert lidx is not None
-            key = st.domains[lidx] if lidx < len(st.domains) else None
-        if key is not None:
-            groups.setdefault(key, []).append(name)
+        g = _group(ix, name, lname, lidx, within)
+        if g is not None:
+            groups.setdefault(g, []).append(name)
     if bound_nodes:
-        need = set(bound_nodes)
-        groups = {k: v for k, v in groups.items() if need <= set(v)}
+        # By the bound nodes' labels, not membership: a member without devices may run on a node that has none.
+        pins = {_group(ix, n, lname, lidx, within) for n in bound_nodes}
+        pin = pins.pop() if len(pins) == 1 else None
+        kept = groups.get(pin) if pin is not None else None
+        groups = {pin: kept} if pin is not None and kept is not None else {}
     out = []
-    for key, nodes in groups.items():
+    for (key, _), nodes in groups.items():
         nodes.sort(key=lambda n: (ix.nodes[n].free_gpus, n))
         out.append((key, nodes))
     out.sort(key=lambda kv: (sum(ix.nodes[n].free_gpus for n in kv[1]), kv[0]))
     return out
+
+
+def _group(ix: Index, name: str, lname: str, lidx: int | None,
+           within: int | None) -> tuple[str, str | None] | None:
+    """(domain at this level, domain at the required level) of a node; None when it is outside either."""
+    st = ix.nodes.get(name)
+    if st is None:
+        return None
+    outer: str | None = None
+    if within is not None:
+        outer = st.domains[within] if within < len(st.domains) else None
+        if outer is None:
+            return None
+    if lname == NODE:
+        return (name, outer)
+    if lname == CLUSTER:
+        return ("", outer)
+    assert lidx is not None
+    key = st.domains[lidx] if lidx < len(st.domains) else None
+    return None if key is None else (key, outer)
 
 
 def _assign(ix: Index, order: Sequence[Member], nodes: list[str],
