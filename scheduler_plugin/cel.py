@@ -488,13 +488,8 @@ def _contains(container: Any, x: Any, env: Env) -> Any:
     if isinstance(container, Mapping):
         return isinstance(x, str) and x in container
     if isinstance(container, tuple):
-        err = False
-        for item in container:
-            r = _equal(item, x)
-            if r is True:
-                return True
-            err = err or r is ERR
-        return ERR if err else False
+        # cel-go asks `x.Equal(item)` per item and skips errors: a semver is simply not in a list of strings.
+        return any(_equal(x, item) is True for item in container)
     return ERR
 
 
@@ -616,6 +611,23 @@ def _call(node: Call) -> Fn:
     return member_call
 
 
+def _in_constants(a: Fn, consts: tuple[Any, ...]) -> Fn:
+    """`x in [literals]` as Kubernetes plans it (cel-go OptOptimize): `x in []` is the constant false, and
+    other literal lists become a hash-set lookup, where a semver needle (not hashable in Go) is an error."""
+    if not consts:
+        return _const(False)
+
+    def in_set(env: Env) -> Any:
+        x = a(env)
+        if x is ERR or isinstance(x, Semver):
+            return ERR
+        if isinstance(x, _Marker | Mapping | tuple):
+            raise Unsupported("a map, list or the device looked up in a list")
+        return any(type(c) is type(x) and c == x for c in consts)
+
+    return in_set
+
+
 def _has(sel: Select) -> Fn:
     base, field = _compile(sel.operand), sel.field
 
@@ -675,6 +687,9 @@ def _operator(node: Node) -> Fn:
 
         return cond
     a, b = fns
+    rhs = node.args[1]
+    if op == "in" and isinstance(rhs, ListLit) and all(isinstance(x, Lit) for x in rhs.items):
+        return _in_constants(a, tuple(x.value for x in rhs.items if isinstance(x, Lit)))
     if op == "in":
         def in_(env: Env) -> Any:
             x, m = a(env), b(env)
