@@ -8,5 +8,5 @@ One small module per concern, each importable on its own so that a process pays 
 - `backoff`      exponential backoff with jitter
 - `stream`       watch stream bytes -> JSON events, for both clients
 - `sync`         `KubeClient`, a thread-safe urllib3 REST client (driver, harness, tests, benchmarks)
-- `aio`          `AsyncKube`, paginated list and watch over aiohttp (extender cache)
+- `aio`          `AsyncKube`, paginated list, watch and JSON calls over aiohttp (extender)
 """

@@ -1,7 +1,8 @@
-"""`AsyncKube`: list and watch over aiohttp, for the extender's watch cache.
+"""`AsyncKube`: the extender's apiserver client over aiohttp.
 
-Only reads: a paginated list that restarts when its continue token expires, and a watch that yields
-decoded events. Every failure, HTTP or transport, comes out as `ApiError`.
+A paginated list that restarts when its continue token expires, a watch that yields decoded events
+(the watch cache), and single JSON calls (the extender's writes). Every failure, HTTP or transport,
+comes out as `ApiError`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 
-from kubeaccess.credentials import Credentials, ssl_context, token_reader
-from kubeaccess.errors import ApiError
+from kubeaccess.credentials import Credentials, request_headers, ssl_context, token_reader
+from kubeaccess.errors import ApiError, decode_answer
 from kubeaccess.stream import CONNECTED, EventSplitter, Json
 
 T = TypeVar("T")
@@ -51,41 +52,33 @@ class AsyncKube:
     async def close(self) -> None:
         await self._session.close()
 
-    def _headers(self) -> dict[str, str]:
-        h = {"Accept": "application/json", "User-Agent": self.user_agent}
-        tok = self.token()
-        if tok:
-            h["Authorization"] = f"Bearer {tok}"
-        return h
-
-    def _get(self, path: str, query: Mapping[str, str], timeout: aiohttp.ClientTimeout) -> Any:
-        extra: dict[str, Any] = {"server_hostname": self._tls_name} if self._tls_name else {}
-        return self._session.get(self.server + path, params=dict(query), headers=self._headers(), timeout=timeout,
-                                 **extra)
-
-    async def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
-                      timeout: float = 10.0) -> Json:
-        """One call with a JSON body (or none); the decoded answer, `{}` if it had no body."""
-        extra: dict[str, Any] = {"server_hostname": self._tls_name} if self._tls_name else {}
-        headers = self._headers()
+    def _request(self, method: str, path: str, timeout: aiohttp.ClientTimeout, *,
+                 query: Mapping[str, str] | None = None, body: Any = None,
+                 content_type: str = "application/json") -> Any:
+        headers = request_headers(self.token, self.user_agent)
         data = None
         if body is not None:
             data = orjson.dumps(body)
             headers["Content-Type"] = content_type
+        extra: dict[str, Any] = {"server_hostname": self._tls_name} if self._tls_name else {}
+        return self._session.request(method, self.server + path, params=dict(query or {}), data=data,
+                                     headers=headers, timeout=timeout, **extra)
+
+    async def _call(self, method: str, path: str, timeout: float, **kw: Any) -> tuple[int, str, bytes]:
+        """(status, reason, body) of one call; transport failures as ApiError(0)."""
         try:
-            async with self._session.request(method, self.server + path, data=data, headers=headers,
-                                             timeout=aiohttp.ClientTimeout(total=timeout), **extra) as r:
-                answer = await r.read()
-                status, reason = r.status, r.reason or ""
+            async with self._request(method, path, aiohttp.ClientTimeout(total=timeout), **kw) as r:
+                return r.status, r.reason or "", await r.read()
         except _TRANSPORT_ERRORS as e:
             raise ApiError(0, f"{method} {path}: {e.__class__.__name__}: {e}") from e
+
+    async def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
+                      timeout: float = 10.0) -> Json:
+        """One call with a JSON body (or none); the decoded answer, `{}` if it had no body."""
+        status, reason, answer = await self._call(method, path, timeout, body=body, content_type=content_type)
         if status >= 300:
             raise ApiError.from_body(status, answer, f"{method} {path}: {reason}")
-        try:
-            doc = orjson.loads(answer) if answer else {}
-        except orjson.JSONDecodeError as e:
-            raise ApiError(0, f"{method} {path}: answer is not JSON: {answer[:200]!r}") from e
-        return doc if isinstance(doc, dict) else {}
+        return decode_answer(answer, f"{method} {path}")
 
     async def list_all(self, path: str, query: Mapping[str, str], parse: Callable[[Json], T],
                        page: int = 500, timeout: float = 60.0) -> tuple[list[T], str]:
@@ -97,21 +90,13 @@ class AsyncKube:
             q = {**query, "limit": str(page)}
             if cont:
                 q["continue"] = cont
-            try:
-                async with self._get(path, q, aiohttp.ClientTimeout(total=timeout)) as r:
-                    body = await r.read()
-                    status, reason = r.status, r.reason or ""
-            except _TRANSPORT_ERRORS as e:
-                raise ApiError(0, f"list {path}: {e.__class__.__name__}: {e}") from e
+            status, reason, body = await self._call("GET", path, timeout, query=q)
             if status == 410 and cont:
                 cont, items = "", []  # the continue token expired: list again from the start
                 continue
             if status >= 300:
                 raise ApiError.from_body(status, body, f"list {path}: {reason}")
-            try:
-                doc = orjson.loads(body)
-            except orjson.JSONDecodeError as e:
-                raise ApiError(0, f"list {path}: answer is not JSON: {body[:200]!r}") from e
+            doc = decode_answer(body, f"list {path}")
             items.extend(parse(o) for o in doc.get("items") or [])
             meta = doc.get("metadata") or {}
             cont = str(meta.get("continue") or "")
@@ -126,7 +111,8 @@ class AsyncKube:
         Close it (`contextlib.aclosing`) when leaving early, so the connection is released at once."""
         q = {**query, "watch": "1"}
         try:
-            async with self._get(path, q, aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=silence)) as r:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=silence)
+            async with self._request("GET", path, timeout, query=q) as r:
                 if r.status >= 300:
                     raise ApiError.from_body(r.status, await r.read(), f"watch {path}: {r.reason}")
                 yield {"type": CONNECTED}

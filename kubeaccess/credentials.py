@@ -187,6 +187,15 @@ def ssl_context(c: Credentials) -> ssl.SSLContext:
     return ctx
 
 
+def request_headers(token: Callable[[], str | None], user_agent: str) -> dict[str, str]:
+    """What every request to the apiserver carries: JSON wanted, who we are, the bearer token if any."""
+    h = {"Accept": "application/json", "User-Agent": user_agent}
+    tok = token()
+    if tok:
+        h["Authorization"] = f"Bearer {tok}"
+    return h
+
+
 def token_reader(c: Credentials) -> Callable[[], str | None]:
     """The bearer token to send now (None: authenticate by certificate, or not at all)."""
     if c.token:

@@ -61,5 +61,16 @@ class ApiError(Exception):
         return self.status == 410 or self.body.get("reason") in ("Expired", "Gone")
 
 
+def decode_answer(data: bytes, what: str) -> dict[str, Any]:
+    """A successful call's JSON answer (`{}` when empty; a top-level list as `{"items": [...]}`)."""
+    if not data:
+        return {}
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise ApiError(0, f"{what}: answer is not JSON: {data[:200]!r}") from e
+    return doc if isinstance(doc, dict) else {"items": doc}
+
+
 class CredentialsError(Exception):
     """No usable credentials: no kubeconfig and not in a cluster, or a kubeconfig we cannot use."""

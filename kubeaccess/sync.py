@@ -13,8 +13,8 @@ from urllib.parse import quote, urlencode
 import orjson
 import urllib3
 
-from kubeaccess.credentials import Credentials, load_credentials, ssl_context, token_reader
-from kubeaccess.errors import ApiError
+from kubeaccess.credentials import Credentials, load_credentials, request_headers, ssl_context, token_reader
+from kubeaccess.errors import ApiError, decode_answer
 from kubeaccess.stream import CONNECTED, EventSplitter, Json
 
 __all__ = ["CONNECTED", "ApiError", "Json", "KubeClient", "path_escape"]
@@ -43,10 +43,7 @@ class KubeClient:
         return cls(load_credentials(kubeconfig, context), pool_size=pool_size, user_agent=user_agent)
 
     def _headers(self, content_type: str | None) -> dict[str, str]:
-        h = {"Accept": "application/json", "User-Agent": self.user_agent}
-        tok = self._token()
-        if tok:
-            h["Authorization"] = f"Bearer {tok}"
+        h = request_headers(self._token, self.user_agent)
         if content_type:
             h["Content-Type"] = content_type
         return h
@@ -80,13 +77,7 @@ class KubeClient:
             raise ApiError(0, f"{method} {path}: {e.__class__.__name__}: {e}") from e
         if r.status >= 300:
             raise ApiError.from_body(r.status, r.data, f"{method} {path}: {r.reason}")
-        if not r.data:
-            return {}
-        try:
-            parsed = orjson.loads(r.data)
-        except orjson.JSONDecodeError as e:
-            raise ApiError(0, f"{method} {path}: answer is not JSON: {r.data[:200]!r}") from e
-        return parsed if isinstance(parsed, dict) else {"items": parsed}
+        return decode_answer(r.data, f"{method} {path}")
 
     def get(self, path: str, **query: Any) -> Json:
         return self.request("GET", path, query=query)

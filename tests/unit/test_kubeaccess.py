@@ -271,3 +271,21 @@ def test_garbage_line_is_an_api_error() -> None:
     assert e.value.status == 0 and "undecodable" in e.value.reason
     with pytest.raises(ApiError, match="not an object"):
         list(EventSplitter().feed(b"[1, 2]\n"))
+
+
+# ---- what each component loads -------------------------------------------------------------------
+
+@pytest.mark.parametrize(("modules", "absent"), [
+    # The driver (with its kubelet plugin and log setup) reaches the API through urllib3 only.
+    ("driver.cli, driver.app, driver.kubeletplugin.runner, topodra_cli.logsetup, kubeaccess.sync",
+     ("aiohttp", "kubernetes")),
+    # The extender through aiohttp only.
+    ("scheduler_plugin.cli, scheduler_plugin.cache, kubeaccess.aio, topodra_cli.logsetup", ("urllib3", "kubernetes")),
+])
+def test_each_component_loads_only_its_own_client(modules: str, absent: tuple[str, ...]) -> None:
+    import subprocess
+    import sys
+
+    code = f"import sys, {modules}; print(sorted(m for m in {absent!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stdout
