@@ -100,14 +100,13 @@ def plan_gang(ix: Index, members: Sequence[Member], required: str | None,
     any_big_enough = False
     for li in range(top + 1):
         lname, lidx = levels[li]
-        for dom, nodes in _domains(ix, lname, lidx, bound_nodes, within):
-            cap = sum(ix.nodes[n].total_gpus for n in nodes)
+        for dom, nodes, cap, free in _domains(ix, lname, lidx, bound_nodes, within):
             if cap < demand:
                 continue
             any_big_enough = True
-            free = sum(ix.nodes[n].free_gpus for n in nodes)
             placed = 0
             if free >= demand:
+                nodes.sort(key=lambda n: (ix.nodes[n].free_gpus, n))  # fullest first; only where it is searched
                 placed, plan = _assign(ix, order, nodes, ok_for)
                 if plan is not None:
                     return GangPlan(lname, dom, plan)
@@ -137,29 +136,39 @@ def _constrained(req: Requirements) -> bool:
 
 
 def _domains(ix: Index, lname: str, lidx: int | None, bound_nodes: Collection[str],
-             within: int | None = None) -> list[tuple[str, list[str]]]:
-    """The domains at one level that contain every bound member, fullest (fewest free GPUs) first.
+             within: int | None = None) -> list[tuple[str, list[str], int, int]]:
+    """The domains at one level that contain every bound member, with their GPUs (all, free), fullest first.
 
     With `within` (the required level's index) a node outside every domain of that level is left out, and a
     domain that spans several of them (a clique across racks) is split: a plan never leaves one required domain."""
     groups: dict[tuple[str, str | None], list[str]] = {}
-    for name, st in ix.nodes.items():
+    for name, st in ix.nodes.items():  # _group, inlined: this loop runs per node and level
         if st.node is None or not st.total:
             continue
-        g = _group(ix, name, lname, lidx, within)
-        if g is not None:
-            groups.setdefault(g, []).append(name)
+        doms = st.domains
+        outer = None
+        if within is not None:
+            outer = doms[within] if within < len(doms) else None
+            if outer is None:
+                continue
+        if lidx is None:
+            key = name if lname == NODE else ""
+        else:
+            got = doms[lidx] if lidx < len(doms) else None
+            if got is None:
+                continue
+            key = got
+        groups.setdefault((key, outer), []).append(name)
     if bound_nodes:
         # By the bound nodes' labels, not membership: a member without devices may run on a node that has none.
         pins = {_group(ix, n, lname, lidx, within) for n in bound_nodes}
         pin = pins.pop() if len(pins) == 1 else None
         kept = groups.get(pin) if pin is not None else None
         groups = {pin: kept} if pin is not None and kept is not None else {}
-    out = []
-    for (key, _), nodes in groups.items():
-        nodes.sort(key=lambda n: (ix.nodes[n].free_gpus, n))
-        out.append((key, nodes))
-    out.sort(key=lambda kv: (sum(ix.nodes[n].free_gpus for n in kv[1]), kv[0]))
+    nodes_of = ix.nodes
+    out = [(key, nodes, sum(nodes_of[n].total_gpus for n in nodes), sum(nodes_of[n].free_gpus for n in nodes))
+           for (key, _), nodes in groups.items()]
+    out.sort(key=lambda d: (d[3], d[0]))
     return out
 
 
