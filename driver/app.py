@@ -32,6 +32,7 @@ log = structlog.get_logger("topodra.driver")
 class DriverConfig:
     node_name: str = ""
     kubeconfig: str | None = None
+    kube_context: str | None = None  # None: the kubeconfig's current-context
     backends: tuple[str, ...] = ("file",)
     topology_file: Path | None = None
     sysfs_root: Path = field(default_factory=lambda: Path("/sys"))
@@ -79,7 +80,7 @@ class DriverApp:
         self.cfg = cfg
         try:
             self.client = client or KubeClient.load(
-                cfg.kubeconfig, pool_size=max(16, cfg.workers), user_agent="topodra-driver"
+                cfg.kubeconfig, pool_size=max(16, cfg.workers), context=cfg.kube_context, user_agent="topodra-driver"
             )
         except (CredentialsError, OSError) as e:
             raise StartupError(f"cannot load Kubernetes credentials: {e}") from e

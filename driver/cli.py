@@ -33,6 +33,7 @@ def register(sub: Any) -> None:
     env = os.environ.get
     p.add_argument("--node-name", default=env("NODE_NAME", ""), help="this node's name (env NODE_NAME)")
     p.add_argument("--kubeconfig", default=env("KUBECONFIG"), help="kubeconfig file; default in-cluster")
+    p.add_argument("--context", default=None, help="kubeconfig context (default: its current-context)")
     p.add_argument(
         "--backend",
         default=env("TOPODRA_BACKEND", "nvml,sysfs"),
@@ -93,6 +94,7 @@ def config_from_args(a: argparse.Namespace) -> DriverConfig:
     return DriverConfig(
         node_name=a.node_name,
         kubeconfig=a.kubeconfig,
+        kube_context=a.context,
         backends=backends,
         topology_file=a.topology,
         sysfs_root=a.sysfs_root,
