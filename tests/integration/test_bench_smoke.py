@@ -235,3 +235,21 @@ def test_gang_throughput() -> None:
     assert figures["gang.last_create_to_first_bound"][0] <= figures["gang.last_create_to_all_bound"][0]
     assert figures["gang.plans"][0] >= 1, text
     assert "| **last create → all bound** |" in text, text
+
+
+def test_gang_planner(tmp_path: Path) -> None:
+    # In process, no cluster: 100 nodes; 4 aligned members fit on one node, 32 need a rack.
+    out = tmp_path / "r.json"
+    text = _run("gang_planner", "--nodes", "100", "--gangs", "4,32", "--repeats", "3", "--pods", "4",
+                "--json", str(out))
+    check_json(json.loads(out.read_text()))
+    figures = {m[1]: (number(m[2]), m[3])
+               for m in re.finditer(rf"^([\w.+/-]+): ({NUM}) (\S+)$", text, re.MULTILINE)}
+    for name, (v, unit) in figures.items():
+        check(name, v, {"s": "s", "ms": "ms"}[unit])
+    for key in ("gang_plan.n100.g4", "gang_plan.n100.g32", "best_node.n100"):
+        assert figures[f"{key}.median"][0] <= figures[f"{key}.p99"][0], text
+        assert f"{key}.cold" in figures and f"{key}.cpu_median" in figures, text
+    assert re.search(r"^gang_plan\.n100\.g4: placed in node node-\d+ on 1 nodes$", text, re.MULTILINE), text
+    assert re.search(r"^gang_plan\.n100\.g32: placed in rack r\d+ on \d+ nodes$", text, re.MULTILINE), text
+    assert len(re.findall(r"^\| (plan_gang|best_node)", text, re.MULTILINE)) == 3, text
