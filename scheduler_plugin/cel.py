@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from scheduler_plugin.model import AttrValue, Version
+from scheduler_plugin.model import AttrValue, ListAttr, Version
 
 
 class Unsupported(Exception):
@@ -445,6 +445,8 @@ def _read(v: Any) -> Any:
     """An attribute as CEL sees it: `version` values are semver objects."""
     if isinstance(v, Version):
         return parse_semver(v.text) or ERR
+    if isinstance(v, ListAttr):
+        raise Unsupported("list-valued attribute")
     return v
 
 
@@ -741,7 +743,13 @@ def compile_selector(src: str) -> Compiled:
 
 
 def _bad_version(attrs: Attrs) -> bool:
-    return any(isinstance(v, Version) and parse_semver(v.text) is None for m in attrs.values() for v in m.values())
+    for m in attrs.values():
+        for v in m.values():
+            if isinstance(v, Version) and parse_semver(v.text) is None:
+                return True
+            if isinstance(v, ListAttr) and any(isinstance(e, Version) and parse_semver(e.text) is None for e in v):
+                return True
+    return False
 
 
 class CelCache:

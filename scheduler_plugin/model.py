@@ -24,7 +24,14 @@ class Version:
         return self.text
 
 
-AttrValue = str | int | bool | Version
+class ListAttr(tuple[str | int | bool | Version, ...]):
+    """A list-valued attribute (`ints`, `bools`, `strings`, `versions`; alpha in Kubernetes 1.37). Kept so
+    that CEL sees it exists (`has()` is true); the extender's CEL does not evaluate its value."""
+
+    __slots__ = ()
+
+
+AttrValue = str | int | bool | Version | ListAttr
 Json = dict[str, Any]
 DeviceKey = tuple[str, str, str]  # (driver, pool, device)
 
@@ -69,7 +76,14 @@ def attr_value(v: Mapping[str, Any]) -> AttrValue | None:
             if isinstance(x, str | int | bool):
                 return x
     x = v.get("version")
-    return Version(x) if isinstance(x, str) else None
+    if isinstance(x, str):
+        return Version(x)
+    for key in ("ints", "bools", "strings", "versions"):
+        xs = v.get(key)
+        if isinstance(xs, list):
+            return ListAttr(Version(e) if key == "versions" and isinstance(e, str) else e
+                            for e in xs if isinstance(e, str | int | bool))
+    return None
 
 
 @dataclass(frozen=True, slots=True)

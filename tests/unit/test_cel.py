@@ -14,7 +14,7 @@ from scheduler_plugin.cache import apply_event
 from scheduler_plugin.cel import ERROR, CelCache, Outcome, parse_semver, tokens
 from scheduler_plugin.config import default_config
 from scheduler_plugin.filter import run_filter
-from scheduler_plugin.model import AttrValue, Version, parse_pod
+from scheduler_plugin.model import AttrValue, ListAttr, Version, attr_value, parse_pod
 from tests.unit.test_extender_support import add_node, claim, dev, make_index, pod
 
 D = 'device.attributes["topodra.dev"]'
@@ -118,6 +118,17 @@ def test_an_invalid_version_attribute_fails_every_selector() -> None:
     """Kubernetes parses every version attribute before it evaluates anything."""
     attrs: dict[str, dict[str, AttrValue]] = {"topodra.dev": {"model": "H100", "v": Version("1.0")}}
     assert run(f'{D}.model == "H100"', attrs) is ERROR
+
+
+def test_list_attributes_exist_but_are_not_judged() -> None:
+    """List-valued attributes (alpha in 1.37): `has()` must see them; reading one is "cannot judge"
+    (before, they were dropped: `has()` said false and any read was an error, refusing nodes)."""
+    lst = attr_value({"ints": [1, 2]})
+    assert lst == ListAttr((1, 2)) and attr_value({"versions": ["1.0.0"]}) == ListAttr((Version("1.0.0"),))
+    attrs: dict[str, dict[str, AttrValue]] = {"topodra.dev": {"model": "H100", "lst": ListAttr((1, 2))}}
+    assert run(f"has({D}.lst)", attrs) is True and run(f'"lst" in {D}', attrs) is True
+    assert run(f"{D}.lst == [1, 2]", attrs) is None and run(f"1 in {D}.lst", attrs) is None
+    assert run(f'{D}.model == "H100"', attrs) is True
 
 
 def test_semver_parser() -> None:
