@@ -115,6 +115,9 @@ class Extender:
                 m.labels("passed").inc(len(gang.passed))
                 m.labels("unresolvable").inc(len(gang.unresolvable))
                 return _json(filter_result(gang.passed, gang.failed, gang.unresolvable, gang.error))
+        if self.coordinator is not None:
+            # A device of a gang's plan may have just gone to another pod: count the plan right first.
+            self.coordinator.repair_reservations()
         out = filter_reply(self.index, self.cfg, args.pod, args.node_names, self.clock(), self.views)
         if out.error:
             self.metrics.errors.labels("unresolved_claim").inc()

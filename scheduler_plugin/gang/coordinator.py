@@ -144,6 +144,7 @@ class Coordinator:
     # ---- planning ------------------------------------------------------------------------------
     def plan_all(self) -> None:
         """Plan complete gangs, most urgent first; re-check live plans against the cluster."""
+        self.repair_reservations()
         now = self.clock()
         for g in sorted(self.gangs.values(), key=lambda g: (-g.spec.priority, g.spec.created, str(g.spec.key))):
             if g.plan is not None:
@@ -273,6 +274,69 @@ class Coordinator:
             if uid not in g.plan.members:
                 self._release(g, "a new member appeared after planning", retry=False)
                 return
+
+    def repair_reservations(self) -> None:
+        """Re-choose a plan's devices on a node where kube-scheduler allocated some of them to another pod.
+
+        kube-scheduler's DRA allocator picks devices by itself (first fit): one member may be given the devices
+        set aside for its sibling, and a single pod sent to a node the plan shares may be given the gang's. The
+        index then counts such a device once (allocated and reserved), so the node looks freer than it is and
+        the next pod takes the gang's share. The cure is cheap: on that node, the members whose claims are not
+        allocated yet get their devices chosen again from what is really free."""
+        ix = self.index
+        hit: dict[GangKey, set[str]] = {}
+        for k, uid in ix.reserved.items():
+            key = self.member_of.get(uid)
+            r = ix.reservations.get(uid)
+            if key is not None and r is not None and k in ix.allocated:
+                hit.setdefault(key, set()).add(r.node)
+        for key, nodes in hit.items():
+            g = self.gangs.get(key)
+            for node in sorted(nodes):
+                if g is not None and g.plan is not None:
+                    self._refit(g, g.plan, node)
+
+    def _refit(self, g: Gang, plan: GangPlan, node: str) -> None:
+        ix = self.index
+        uids = sorted((u for u, a in plan.members.items() if a.node == node), key=lambda u: self._name(g, u))
+        old = {u: ix.reservations[u] for u in uids if u in ix.reservations}
+        need = []
+        for uid in uids:
+            ix.drop_reservation(uid)
+            pod = g.pending.get(uid)
+            if pod is not None and uid not in g.ready and not self._allocated(pod):
+                need.append(pod)
+        ix.refresh(time.monotonic())
+        st = ix.nodes.get(node)
+        for pod in need:
+            r = old.get(pod.uid)
+            expires = r.expires if r is not None else time.monotonic() + g.spec.timeout_seconds
+            try:
+                req = resolve(pod, ix, self.cfg.alignment)
+            except Unresolved:
+                req = None
+            f = ix.fit_exact(req, st) if req is not None and st is not None else None
+            if st is not None and f is not None and f.ok:
+                keys = tuple(st.free_keys[i] for i in f.witness if i < len(st.free_keys))
+            else:
+                # Another pod took devices the plan counted on. Keep what is left; if the member no longer
+                # fits, kube-scheduler refuses the planned node and the plan is given up then (filter()).
+                keys = tuple(k for k in (r.devices if r is not None else ()) if k not in ix.allocated)
+                self.log.info("gang_reservation_short", gang=str(g.spec.key), pod=pod.name, node=node)
+            plan.members[pod.uid] = Assignment(node, keys)
+            ix.reserve_keys(pod.uid, node, keys, claim_keys(pod), expires)
+            ix.refresh(time.monotonic())
+
+    def _allocated(self, pod: Pod) -> bool:
+        """Every claim of the pod is allocated (PreBind ran): its devices count as allocated, not reserved."""
+        keys = claim_keys(pod)
+        if not keys or len(keys) < len(pod.claims):
+            return False
+        return all((c := self.index.claims.get(k)) is not None and c.is_allocated for k in keys)
+
+    @staticmethod
+    def _name(g: Gang, uid: str) -> str:
+        return g.specs.get(uid, (uid, None))[0]
 
     def _drop_plan(self, g: Gang) -> None:
         if g.plan is not None:
