@@ -359,15 +359,16 @@ SHAPES = ("pair", "g1", "g2", "launcher")
 
 @st.composite
 def instances(draw: st.DrawFn, identical: bool = False) -> tuple[Index, list[Member], str | None]:
-    """A small nested cluster (nodes of 2 PCIe roots, each with up to 2 GPUs and 2 NICs), random allocations,
-    and a gang of pairs, 1-GPU, 2-GPU and device-less members. `identical`: every node has the same devices
-    free (the same hardware and the same allocation)."""
+    """A small cluster (nodes of 2 PCIe roots, each with up to 2 GPUs and 2 NICs; nested topology, or cliques across
+    racks and nodes without a rack), random allocations, and a gang of pairs, 1-GPU, 2-GPU and device-less members.
+    `identical`: every node has the same devices free (the same hardware and the same allocation)."""
     clique, rack, racks = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 3))
     n = clique * rack * racks
     idx = make_index()
     for t in TEMPLATES.values():
         apply_event(idx, "resourceclaimtemplates", "ADDED", t)
     hw = draw(st.tuples(st.integers(1, 2), st.integers(0, 2), st.integers(0, 2), st.integers(0, 2)))
+    messy = not identical and draw(st.booleans())
     for i in range(n):
         if not identical:
             hw = draw(st.tuples(st.integers(1, 2), st.integers(0, 2), st.integers(0, 2), st.integers(0, 2)))
@@ -378,6 +379,10 @@ def instances(draw: st.DrawFn, identical: bool = False) -> tuple[Index, list[Mem
             [dev(f"nic-{n0 + k}", "nic", "b", 0) for k in range(n1)]
         labels = {LABEL["clique"]: f"c{i // clique}", LABEL["rack"]: f"r{i // (clique * rack)}",
                   LABEL["block"]: "b0", LABEL["zone"]: "z0"}
+        if messy:  # cliques that cross racks, nodes in no rack
+            labels[LABEL["clique"]] = draw(st.sampled_from(["c0", "c1", "c2"]))
+            if draw(st.integers(0, 4)) == 0:
+                del labels[LABEL["rack"]]
         add_node(idx, f"n{i}", devices, **labels)
         if not identical or i == 0:
             taken = draw(st.lists(st.sampled_from([d["name"] for d in devices]), unique=True, max_size=3))
@@ -482,17 +487,12 @@ def exhaustive(idx: Index, ms: Sequence[Member], required: str | None, everythin
             r = roots.setdefault(p.attrs.get(f"{STD}/pcieRoot"), [0, 0])
             r[0 if p.kind == "gpu" else 1] += 1
         caps[name] = (sum(min(g, n) for g, n in roots.values()), sum(g for g, _ in roots.values()))
-    levels = [NODE, "clique", "rack", "block", "zone", CLUSTER]
-    top = levels.index(required) if required else len(levels) - 1
-    for level in levels[:top + 1]:
-        groups: dict[str | None, list[str]] = {}
-        for name in idx.nodes:
-            groups.setdefault(domain_of(idx, name, level), []).append(name)
-        groups.pop(None, None)
-        for nodes in groups.values():
-            if _fits(tuple(caps[n] for n in sorted(nodes)), need):
-                return True
-    return False
+    # A plan inside a smaller domain is inside a domain of the required level too: trying those is enough.
+    groups: dict[str | None, list[str]] = {}
+    for name in idx.nodes:
+        groups.setdefault(domain_of(idx, name, required or CLUSTER), []).append(name)
+    groups.pop(None, None)
+    return any(_fits(tuple(caps[n] for n in sorted(nodes)), need) for nodes in groups.values())
 
 
 def _shape(m: Member) -> str:
