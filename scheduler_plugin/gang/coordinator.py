@@ -72,6 +72,7 @@ class Gang:
     status: GangStatus | None = None
     partial_since: float | None = None
     tried_gen: int = -1
+    released_stamp: str = ""  # plan time of the last plan given up: its annotations may linger; never adopt it
 
     @property
     def count(self) -> int:
@@ -166,6 +167,14 @@ class Coordinator:
             return
         if now < g.not_before or not g.pending:
             return
+        # A member whose claims an earlier try left allocated is pinned by kube-scheduler to that node, which a
+        # new plan may not use: wait until they are deallocated (our release, or kube-scheduler's PostFilter).
+        held = sorted(p.name for p in g.pending.values() if self._holds_allocation(p))
+        if held:
+            self._set_status(g, GangStatus(Phase.WAITING, f"waiting for the claims of {', '.join(held[:3])}"
+                                           f"{' and others' if len(held) > 3 else ''} to be deallocated (left by "
+                                           "an earlier try)", members=g.count, size=spec.size))
+            return
         if g.tried_gen == self.index.generation and g.shortfall is not None:
             return  # nothing changed since the last attempt
         self.index.refresh(time.monotonic())
@@ -219,7 +228,7 @@ class Coordinator:
         if g.count < g.spec.size or any(PLAN_ANNOTATION not in dict(p.annotations) for p in g.pending.values()):
             return
         stamps = {(p.annotation(PLAN_ANNOTATION) or "").rpartition("@")[2] for p in g.pending.values()}
-        if len(stamps) != 1:
+        if len(stamps) != 1 or g.released_stamp in stamps:
             return
         try:
             planned_at = float(stamps.pop())
@@ -334,6 +343,9 @@ class Coordinator:
             return False
         return all((c := self.index.claims.get(k)) is not None and c.is_allocated for k in keys)
 
+    def _holds_allocation(self, pod: Pod) -> bool:
+        return any((c := self.index.claims.get(k)) is not None and c.is_allocated for k in claim_keys(pod))
+
     @staticmethod
     def _name(g: Gang, uid: str) -> str:
         return g.specs.get(uid, (uid, None))[0]
@@ -348,6 +360,8 @@ class Coordinator:
         """Give back everything the gang holds: held binds fail, reservations and nominations go, and claims
         allocated for members that were never bound are deallocated (kube-scheduler leaves them)."""
         self.log.info("gang_released", gang=str(g.spec.key), reason=why)
+        if g.plan is not None:
+            g.released_stamp = f"{g.planned_at:.3f}"
         for w in list(g.waiters.values()):
             if not w.done():
                 w.set_result(f"gang {g.spec.key} released: {why}")
@@ -409,8 +423,9 @@ class Coordinator:
             out.passed = [a.node]
             out.unresolvable = {n: PREFIX + where for n in names if n != a.node}
             return out
-        if len(names) > 1:
-            # kube-scheduler's own filters refused the planned node (it is missing from a full pass).
+        if len(names) > 1 or (names and pod.nominated_node == a.node):
+            # kube-scheduler's own filters refused the planned node: it is missing from a full pass (a list of
+            # one other node is a full pass too when the planned node is the nominated one, tried first).
             g.misses[pod.uid] = g.misses.get(pod.uid, 0) + 1
             if g.misses[pod.uid] >= PLANNED_NODE_MISSES:
                 g.avoid.add(a.node)
