@@ -145,7 +145,7 @@ async def _serve(a: argparse.Namespace, cfg: Any, creds: Any) -> None:
     coordinator = None
     if groups is not None:
         coordinator = Coordinator(index, cfg, groups, planner.eligible, steering,
-                                  bind_hold_seconds=a.bind_hold_seconds)
+                                  bind_hold_seconds=a.bind_hold_seconds, metrics=metrics)
         steering.coordinator = coordinator
     ext = Extender(cfg, index, metrics, cache, require_client_cert=a.client_ca is not None,
                    coordinator=coordinator, binder=steering.bind)

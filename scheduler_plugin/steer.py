@@ -119,8 +119,14 @@ class Steering:
         if self.writer is None:
             return
         w = self.writer
-        self._spawn(w.nominate(pod.namespace, pod.name, node), "nominate", pod)
-        self._spawn(w.annotate(pod.namespace, pod.name, annotations), "annotate", pod)
+
+        async def nominate_then_wake() -> None:
+            # In this order: the annotation wakes a parked member, which must then find its nomination (else
+            # kube-scheduler judges a sample of the cluster that need not hold the planned node).
+            await w.nominate(pod.namespace, pod.name, node)
+            await w.annotate(pod.namespace, pod.name, annotations)
+
+        self._spawn(nominate_then_wake(), "steer", pod)
 
     def annotate(self, pod: Pod, annotations: dict[str, str | None]) -> None:
         if self.writer is not None:

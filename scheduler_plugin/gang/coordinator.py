@@ -36,6 +36,7 @@ from scheduler_plugin.gang.planner import Assignment, GangPlan, Member, Shortfal
 from scheduler_plugin.gang.sources import gang_of, merge_members
 from scheduler_plugin.gang.status import GangStatus, Phase
 from scheduler_plugin.index import Index
+from scheduler_plugin.metrics import Metrics
 from scheduler_plugin.model import Placement, Pod
 
 PLAN_ANNOTATION = "topodra.dev/planned-node"  # "<node>@<unix time of the plan>"
@@ -43,6 +44,9 @@ STATUS_ANNOTATION = "topodra.dev/gang-status"  # JSON, see gang/status.py
 RETRY_AFTER_RELEASE = 10.0  # a released gang waits this long before it is planned again (others go first)
 PLANNED_NODE_MISSES = 2  # filter calls whose node list lacks the planned node before it is avoided
 PARTIAL_REPORT_AFTER = 10.0
+NUDGE_ANNOTATION = "topodra.dev/steered-at"  # rewritten with a nomination: the change requeues a parked member
+RESTEER_EVERY = 2.0
+REPLAN_EVERY = 2.0  # a gang that does not fit is planned again at most this often: a search can cost 100s of ms
 
 
 class Actions(Protocol):
@@ -72,6 +76,8 @@ class Gang:
     status: GangStatus | None = None
     partial_since: float | None = None
     tried_gen: int = -1
+    resteered: dict[str, float] = field(default_factory=dict)  # uid -> when its nomination was last rewritten
+    next_try: float = 0.0  # a gang that did not fit is tried again from then (or when a node is freed)
     released_stamp: str = ""  # plan time of the last plan given up: its annotations may linger; never adopt it
 
     @property
@@ -82,8 +88,10 @@ class Gang:
 class Coordinator:
     def __init__(self, index: Index, cfg: ExtenderConfig, objects: GangObjects,
                  eligible: Callable[[Placement], Collection[str]], actions: Actions,
-                 clock: Callable[[], float] = time.time, bind_hold_seconds: float = 20.0) -> None:
+                 clock: Callable[[], float] = time.time, bind_hold_seconds: float = 20.0,
+                 metrics: Metrics | None = None) -> None:
         self.index = index
+        self.metrics = metrics
         self.cfg = cfg
         self.objects = objects
         self.eligible = eligible
@@ -175,8 +183,8 @@ class Coordinator:
                                            f"{' and others' if len(held) > 3 else ''} to be deallocated (left by "
                                            "an earlier try)", members=g.count, size=spec.size))
             return
-        if g.tried_gen == self.index.generation and g.shortfall is not None:
-            return  # nothing changed since the last attempt
+        if g.shortfall is not None and (g.tried_gen == self.index.generation or now < g.next_try):
+            return  # nothing changed since the last attempt, or tried a moment ago
         self.index.refresh(time.monotonic())
         g.tried_gen = self.index.generation
         members = []
@@ -192,22 +200,27 @@ class Coordinator:
         out = plan_gang(self.index, members, spec.required, self.eligible, bound_nodes=set(g.bound.values()),
                         exclude=g.avoid, holder_of=self.holder_of)
         took = time.perf_counter() - t0
+        if self.metrics is not None:
+            self.metrics.plan_seconds.labels("gang").observe(took)
         if isinstance(out, Shortfall):
             g.shortfall = out
+            g.next_try = now + REPLAN_EVERY
             level = out.level if spec.required else "cluster"
             phase = Phase.REFUSED if out.never else Phase.WAITING
             self._set_status(g, GangStatus(phase, out.message, level=level, members=g.count, size=spec.size))
             return
         g.shortfall = None
-        self._adopt(g, out, now)
-        self.log.info("gang_planned", gang=str(spec.key), level=out.level, domain=out.domain,
+        self._adopt(g, out, now, annotate=False)
+        self.log.info("gang_planned", gang=str(spec.key), topology_level=out.level, domain=out.domain,
                       members=len(out.members), plan_seconds=round(took, 4))
         stamp = f"@{now:.3f}"
+        status = g.status.to_json() if g.status is not None else ""
         for uid, a in out.members.items():
             pod = g.pending[uid]
-            self.actions.steer(pod, a.node, {PLAN_ANNOTATION: a.node + stamp})
+            g.resteered[uid] = now
+            self.actions.steer(pod, a.node, {PLAN_ANNOTATION: a.node + stamp, STATUS_ANNOTATION: status or None})
 
-    def _adopt(self, g: Gang, plan: GangPlan, planned_at: float) -> None:
+    def _adopt(self, g: Gang, plan: GangPlan, planned_at: float, annotate: bool = True) -> None:
         g.plan = plan
         g.planned_at = planned_at
         g.misses.clear()
@@ -221,7 +234,7 @@ class Coordinator:
             met = "met" if _within(plan.level, g.spec.preferred, self) else "not met"
             pref = f" (preferred {g.spec.preferred}: {met})"
         self._set_status(g, GangStatus(Phase.PLANNED, f"placed in {plan.describe()}{pref}", level=plan.level,
-                                       domain=plan.domain, members=g.count, size=g.spec.size))
+                                       domain=plan.domain, members=g.count, size=g.spec.size), annotate=annotate)
 
     def _maybe_adopt(self, g: Gang, pod: Pod) -> None:
         """After an extender restart: members carry the plan's nodes; take the plan over if all agree."""
@@ -253,6 +266,10 @@ class Coordinator:
                 self.index.refresh(time.monotonic())
         self._adopt(g, GangPlan("adopted", "", assignments), planned_at)
         self.log.info("gang_plan_adopted", gang=str(g.spec.key), members=len(assignments))
+        for p in g.pending.values():
+            a = assignments[p.uid]
+            if p.nominated_node != a.node:  # kube-scheduler clears nominations after failed tries
+                self._resteer(g, p, a.node)
 
     def _check_plan(self, g: Gang, now: float) -> None:
         assert g.plan is not None
@@ -423,15 +440,27 @@ class Coordinator:
             out.passed = [a.node]
             out.unresolvable = {n: PREFIX + where for n in names if n != a.node}
             return out
-        if len(names) > 1 or (names and pod.nominated_node == a.node):
-            # kube-scheduler's own filters refused the planned node: it is missing from a full pass (a list of
-            # one other node is a full pass too when the planned node is the nominated one, tried first).
+        if names and pod.nominated_node == a.node:
+            # kube-scheduler tried the nominated (planned) node first and its own filters refused it; this is the
+            # full pass that follows.
             g.misses[pod.uid] = g.misses.get(pod.uid, 0) + 1
             if g.misses[pod.uid] >= PLANNED_NODE_MISSES:
                 g.avoid.add(a.node)
                 self._release(g, f"kube-scheduler refuses planned node {a.node} for {pod.name}", retry=False)
-        out.unresolvable = {n: PREFIX + where + "; kube-scheduler did not offer that node" for n in names}
+            out.unresolvable = {n: PREFIX + where + "; kube-scheduler's own filters refused it" for n in names}
+            return out
+        # The nomination is missing (not written yet, or cleared by kube-scheduler after a failed try), so this is
+        # a pass over a sample of the cluster that need not contain the planned node: nominate it again.
+        self._resteer(g, pod, a.node)
+        out.unresolvable = {n: PREFIX + where + "; nominating it again" for n in names}
         return out
+
+    def _resteer(self, g: Gang, pod: Pod, node: str) -> None:
+        now = self.clock()
+        if now - g.resteered.get(pod.uid, 0.0) < RESTEER_EVERY:
+            return
+        g.resteered[pod.uid] = now
+        self.actions.steer(pod, node, {PLAN_ANNOTATION: f"{node}@{g.planned_at:.3f}", NUDGE_ANNOTATION: f"{now:.3f}"})
 
     # ---- bind barrier --------------------------------------------------------------------------
     async def bind(self, ns: str, name: str, uid: str, node: str) -> str:
@@ -486,7 +515,7 @@ class Coordinator:
         return await self.actions.bind(pod.namespace, pod.name, uid, node)
 
     # ---- status --------------------------------------------------------------------------------
-    def _set_status(self, g: Gang, st: GangStatus, warning: bool = False) -> None:
+    def _set_status(self, g: Gang, st: GangStatus, warning: bool = False, annotate: bool = True) -> None:
         if g.status is not None and g.status.same(st):
             g.status = st
             return
@@ -494,6 +523,8 @@ class Coordinator:
         pods = list(g.pending.values())
         self.actions.event(g.spec, pods, st.reason, f"gang {g.spec.key}: {st.message}",
                            warning or st.phase in (Phase.REFUSED, Phase.WAITING, Phase.PARTIAL))
+        if not annotate:
+            return
         body = st.to_json()
         for p in pods:
             self.actions.annotate(p, {STATUS_ANNOTATION: body})

@@ -183,7 +183,33 @@ def test_restart_adopts_the_plan_from_the_members_annotations() -> None:
     for n in ("a", "b"):
         member(coord2, n, 2, **{PLAN_ANNOTATION: str(planned[n][PLAN_ANNOTATION])})
     coord2.plan_all()
-    assert acts2.steered == {}  # nothing replanned
+    # Not replanned: the same nodes, nominated again (kube-scheduler may have cleared the nominations).
+    assert acts2.steered == acts.steered
     assert len(idx2.reserved) == 2 * 8
     g = next(iter(coord2.gangs.values()))
     assert g.plan is not None and {a.node for a in g.plan.members.values()} <= {"n0", "n1"}
+
+
+def test_a_sample_without_the_planned_node_renominates_and_only_real_refusals_release() -> None:
+    from dataclasses import replace
+
+    _, coord, acts, clock = setup(nodes=3)
+    a, _ = (member(coord, n, 2) for n in ("a", "b"))
+    coord.plan_all()
+    planned = acts.steered["a"]
+    others = tuple(n for n in ("n0", "n1", "n2") if n != planned)
+    acts.steered.clear()
+    # No nomination on the pod (cleared by kube-scheduler, or not written yet): a sampled pass.
+    for _ in range(3):
+        out = coord.filter(a, others)
+        assert out is not None and not out.passed and "nominating it again" in out.unresolvable[others[0]]
+        clock.t += 3
+    assert acts.steered == {"a": planned}
+    assert next(iter(coord.gangs.values())).plan is not None  # not released
+    # Nominated on the planned node and still missing from the pass: kube-scheduler refused it, twice.
+    nominated = replace(a, nominated_node=planned)
+    coord.filter(nominated, others)
+    assert next(iter(coord.gangs.values())).plan is not None
+    coord.filter(nominated, others)
+    assert next(iter(coord.gangs.values())).plan is None
+    assert any(r == "GangReleased" and planned in m for r, m in acts.events)
