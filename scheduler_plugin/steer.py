@@ -34,6 +34,7 @@ from scheduler_plugin.planner import Choice, Planner
 
 MAX_WRITES = 32
 RELEASE_DELAY = 3.0  # after failing a held bind: kube-scheduler's Unreserve clears reservedFor first
+RELEASE_WAIT = 15.0  # how long a claim still reserved for its pod is watched for that Unreserve
 EVENT_PODS = 5  # a gang's Event goes on its group object and on at most this many members
 TICK = 1.0  # timeouts and replans are checked at least this often
 
@@ -138,8 +139,10 @@ class Steering:
 
     async def _release_claims(self, w: ApiWriter, claims: list[tuple[str, str]]) -> None:
         await asyncio.sleep(RELEASE_DELAY)
+        deadline = time.monotonic() + RELEASE_WAIT
         for ns, name in claims:
-            for _ in range(3):
+            conflicts = 0
+            while conflicts < 3:
                 try:
                     claim = await w.get_claim(ns, name)
                 except ApiError as e:
@@ -147,8 +150,16 @@ class Steering:
                         break
                     raise
                 st = claim.get("status") or {}
-                if not st.get("allocation") or st.get("reservedFor"):
-                    break  # not allocated, or a pod uses it now: not ours to take back
+                if not st.get("allocation"):
+                    break
+                if st.get("reservedFor"):
+                    # kube-scheduler's Unreserve (after the failed bind) may lag on a busy scheduler; with
+                    # GenericWorkload on nothing else deallocates (no per-pod PostFilter in a group cycle).
+                    # A claim still reserved when the wait ends is in use: not ours to take back.
+                    if time.monotonic() >= deadline:
+                        break
+                    await asyncio.sleep(1.0)
+                    continue
                 try:
                     await w.deallocate_claim(claim)
                     self.log.info("claim_deallocated", claim=f"{ns}/{name}")
@@ -156,6 +167,7 @@ class Steering:
                 except ApiError as e:
                     if not e.conflict:
                         raise
+                    conflicts += 1
 
     def event(self, spec: GangSpec, pods: Iterable[Pod], reason: str, message: str, warning: bool) -> None:
         if self.writer is None:

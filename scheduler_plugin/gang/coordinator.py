@@ -78,6 +78,7 @@ class Gang:
     tried_gen: int = -1
     resteered: dict[str, float] = field(default_factory=dict)  # uid -> when its nomination was last rewritten
     next_try: float = 0.0  # a gang that did not fit is tried again from then (or when a node is freed)
+    dealloc_asked: set[str] = field(default_factory=set)  # members whose old allocation we asked to undo
     released_stamp: str = ""  # plan time of the last plan given up: its annotations may linger; never adopt it
 
     @property
@@ -177,7 +178,12 @@ class Coordinator:
             return
         # A member whose claims an earlier try left allocated is pinned by kube-scheduler to that node, which a
         # new plan may not use: wait until they are deallocated (our release, or kube-scheduler's PostFilter).
-        held = sorted(p.name for p in g.pending.values() if self._holds_allocation(p))
+        held_pods = [p for p in g.pending.values() if self._holds_allocation(p)]
+        for p in held_pods:
+            if p.uid not in g.dealloc_asked:  # e.g. after a restart, or with GenericWorkload (no PostFilter)
+                g.dealloc_asked.add(p.uid)
+                self.actions.release_claims(p, claim_keys(p))
+        held = sorted(p.name for p in held_pods)
         if held:
             self._set_status(g, GangStatus(Phase.WAITING, f"waiting for the claims of {', '.join(held[:3])}"
                                            f"{' and others' if len(held) > 3 else ''} to be deallocated (left by "
@@ -223,6 +229,7 @@ class Coordinator:
     def _adopt(self, g: Gang, plan: GangPlan, planned_at: float, annotate: bool = True) -> None:
         g.plan = plan
         g.planned_at = planned_at
+        g.dealloc_asked.clear()
         g.misses.clear()
         expires = time.monotonic() + g.spec.timeout_seconds + 5.0
         for uid, a in plan.members.items():
@@ -387,6 +394,7 @@ class Coordinator:
         for uid, pod in g.pending.items():
             self.actions.steer(pod, "", {PLAN_ANNOTATION: None})
             if uid in g.ready:
+                g.dealloc_asked.add(uid)
                 self.actions.release_claims(pod, claim_keys(pod))
         g.ready.clear()
         g.tried_gen = -1

@@ -46,6 +46,8 @@ def test_no_new_plan_while_a_member_still_holds_an_allocation_from_an_earlier_tr
     coord.plan_all()
     assert acts.steered == {}
     assert any(r == "GangWaiting" and "a to be deallocated" in m for r, m in acts.events), acts.events
+    coord.plan_all()
+    assert acts.released == ["a"]  # asked once to undo the old allocation (nothing else may, see steer.py)
     left.pop("status")
     apply_event(idx, "resourceclaims", "MODIFIED", left)
     coord.plan_all()
