@@ -84,6 +84,11 @@ def planned(client: KubeClient, ns: str, name: str) -> str:
     return annotations(client, ns, name).get(PLANNED, "")
 
 
+def wait_planned(client: KubeClient, ns: str, name: str, timeout: float = 30) -> str:
+    """The planned-node annotation once it has landed (it is written after the nomination, asynchronously)."""
+    return str(wait_for(f"{name}'s planned-node annotation", lambda: planned(client, ns, name), timeout))
+
+
 def gang_status(client: KubeClient, ns: str, name: str) -> dict[str, object]:
     raw = annotations(client, ns, name).get(STATUS)
     return dict(json.loads(raw)) if raw else {}
@@ -156,8 +161,7 @@ def test_single_pods_keep_flowing_and_never_take_a_gangs_devices(
         for i, n in enumerate(members):
             gang_pod(client, ns, n, "mixed", 3, fleet, gated=i == 2)
         held_at_barrier(extender, ns, "mixed", 2)
-        plan = planned(client, ns, "m-2")
-        assert plan, "the gated member is part of the plan"
+        plan = wait_planned(client, ns, "m-2")  # the gated member is part of the plan
         for s in singles:
             make_pod(client, ns, s, {"acc": "pair"}, fleet.selector)
             time.sleep(0.3)
@@ -190,7 +194,7 @@ def test_node_deleted_mid_gang_is_replanned_elsewhere(
         for i, n in enumerate(members):
             gang_pod(client, ns, n, "lost", 3, fleet, gated=i == 2)
         held_at_barrier(extender, ns, "lost", 2)
-        first = planned(client, ns, "n-2")
+        first = wait_planned(client, ns, "n-2")
         lost = first.rpartition("@")[0]
         assert lost in fleet.nodes, first
         cluster.delete_node(lost)
@@ -218,8 +222,7 @@ def test_extender_killed_in_the_bind_barrier_adopts_the_plan_and_binds(
         for i, n in enumerate(members):
             gang_pod(client, ns, n, "crash", 3, fleet, gated=i == 2)
         held_at_barrier(extender, ns, "crash", 2)
-        plan = {n: planned(client, ns, n) for n in members}
-        assert len(set(plan.values())) and all(plan.values()), plan
+        plan = {n: wait_planned(client, ns, n) for n in members}
         log_before = len(extender.log())
         extender.stop(signal.SIGKILL)
         time.sleep(2)  # kube-scheduler sees the held binds fail (connection reset) and retries them
@@ -264,7 +267,7 @@ def test_gang_timeout_releases_everything_and_retries(
         for i, n in enumerate(members):
             gang_pod(client, ns, n, "slow", 2, fleet, gated=i == 1, **{TIMEOUT: "20"})
         held_at_barrier(extender, ns, "slow", 1)
-        first = planned(client, ns, "t-1")
+        first = wait_planned(client, ns, "t-1")
         assert allocated_claims(client, ns), "t-0 passed PreBind: its claim is allocated"
         # The Event stays; the status annotation moves on (to waiting for the claim to be deallocated).
         wait_for("the gang released on timeout",
