@@ -402,22 +402,6 @@ def test_deleting_a_running_pod_unprepares_its_claim(
     assert len(results) == 1
 
 
-def test_stop_leaves_nothing_behind(cluster: LocalCluster, e2e: Env) -> None:
-    """Last in this module: stop the node and check processes, mounts and cgroups are gone."""
-    node = e2e.node
-    st = node.state
-    assert st is not None
-    pids = {n: node.procs.pid(n) for n in node.procs.names()}
-    assert {"containerd", "kubelet", "driver"} <= set(pids)
-    node.stop()
-    for name, pid in pids.items():
-        assert pid is None or not node.procs.running(name), f"{name} (pid {pid}) still running"
-    assert not mounts_under(node.dir)
-    assert not [r for r in st.cgroup_roots() if r.exists()]
-    assert not node.kubelet_root.exists()
-    assert (node.dir / "logs" / "kubelet.log").exists()
-
-
 def test_gang_job_runs_to_complete_through_the_extender(
     cluster: LocalCluster, e2e: Env, namespace: str, tmp_path: Path
 ) -> None:
@@ -443,3 +427,20 @@ def test_gang_job_runs_to_complete_through_the_extender(
                                for c in (batch.read_namespaced_job_status("gang", namespace).status.conditions or [])),
                    180, "the gang Job to complete", e2e.node)
     assert inv.counters.gangs_fully_bound >= 1
+
+
+def test_stop_leaves_nothing_behind(cluster: LocalCluster, e2e: Env) -> None:
+    """Last in this module: stop the node and check processes, mounts and cgroups are gone."""
+    node = e2e.node
+    st = node.state
+    assert st is not None
+    pids = {n: node.procs.pid(n) for n in node.procs.names()}
+    assert {"containerd", "kubelet", "driver"} <= set(pids)
+    node.stop()
+    for name, pid in pids.items():
+        assert pid is None or not node.procs.running(name), f"{name} (pid {pid}) still running"
+    assert not mounts_under(node.dir)
+    assert not [r for r in st.cgroup_roots() if r.exists()]
+    assert not node.kubelet_root.exists()
+    assert (node.dir / "logs" / "kubelet.log").exists()
+
