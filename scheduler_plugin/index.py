@@ -241,8 +241,47 @@ class Index:
             self.allocated[dk] = key
             self._dirty_device(dk)
         if c.is_allocated:
-            for uid in [r.pod_uid for r in self.reservations.values() if key in r.claims]:
+            owners = [r.pod_uid for r in self.reservations.values() if key in r.claims]
+            spare = [k for uid in owners for k in self.reservations[uid].devices if k not in c.allocated]
+            for dk in c.allocated:
+                other = self.reserved.get(dk)
+                if other is not None and other not in owners:
+                    self._move_reservation(other, dk, spare)
+            for uid in owners:
                 self.drop_reservation(uid)
+
+    def _move_reservation(self, uid: str, taken: DeviceKey, spare: list[DeviceKey]) -> None:
+        """kube-scheduler's allocator picks devices first-fit, not the ones set aside here: a device reserved for
+        one pod may be allocated to another. Left alone, the device would count once (allocated, and reserved)
+        and the node would look one device freer than it is, so later pods would be steered to a node that
+        cannot hold them. The reservation moves to an equal device: one the allocating pod had set aside (its
+        own reservation is going away), else a free one of the same profile on the node."""
+        r = self.reservations.get(uid)
+        d = self._device(taken)
+        if r is None or d is None:
+            return
+        want = self.profile(d)
+        pick: DeviceKey | None = None
+        for k in spare:
+            o = self._device(k)
+            if o is not None and self.profile(o) is want:
+                pick = k
+                break
+        if pick is not None:
+            spare.remove(pick)
+        else:
+            st = self.nodes.get(r.node)
+            for k, p in zip(st.free_keys, st.free, strict=True) if st is not None else ():
+                if p is want and k not in self.allocated and k not in self.reserved:
+                    pick = k
+                    break
+        if pick is None:
+            return
+        r.devices = tuple(pick if k == taken else k for k in r.devices)
+        if self.reserved.get(taken) == uid:
+            del self.reserved[taken]
+        self.reserved[pick] = uid
+        self.dirty.add(r.node)
 
     def delete_claim(self, namespace: str, name: str) -> None:
         old = self.claims.pop((namespace, name), None)
