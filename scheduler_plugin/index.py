@@ -142,6 +142,7 @@ class Index:
         self.job_nodes: dict[JobKey, Counter[str]] = {}
         self.hints: dict[str, Hint] = {}  # pod uid -> our own unconfirmed placement
         self.pods: dict[str, Pod] = {}  # pod uid -> every pod not finished
+        self._upserting = False  # delete_pod called from upsert_pod: the pod lives on
         self.pending: dict[str, Pod] = {}  # pod uid -> pod without a node (not terminal)
         self.pending_changed: set[str] = set()  # pods added, changed or gone since the planner last looked
         self.on_pending: Callable[[], None] | None = None  # called on every pending change (wakes the planner)
@@ -331,7 +332,11 @@ class Index:
         self.generation += 1
 
     def upsert_pod(self, p: Pod) -> None:
-        self.delete_pod(p.uid)
+        self._upserting = True
+        try:
+            self.delete_pod(p.uid)
+        finally:
+            self._upserting = False
         if not p.terminal:
             self.pods[p.uid] = p
         if not p.node_name and not p.terminal:
@@ -349,7 +354,8 @@ class Index:
 
     def delete_pod(self, uid: str) -> None:
         self.pending.pop(uid, None)
-        self.pods.pop(uid, None)
+        if self.pods.pop(uid, None) is not None and uid in self.reservations and not self._upserting:
+            self.drop_reservation(uid)  # the pod is gone: nothing will use what was set aside for it
         self.pending_changed.add(uid)
         if self.on_pending is not None:
             self.on_pending()

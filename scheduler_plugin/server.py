@@ -119,6 +119,11 @@ class Extender:
             # A device of a gang's plan may have just gone to another pod: count the plan right first.
             self.coordinator.repair_reservations()
         out = filter_reply(self.index, self.cfg, args.pod, args.node_names, self.clock(), self.views)
+        if len(args.node_names) == 1 and args.pod.nominated_node == args.node_names[0] and out.passed == 0:
+            # kube-scheduler tried the pod's nominated node alone and we refuse it: it will filter the cluster.
+            self.metrics.errors.labels("nominated_node_refused").inc()
+            self.log.debug("nominated_node_refused", pod=f"{args.pod.namespace}/{args.pod.name}",
+                           node=args.node_names[0], reply=out.body.decode(errors="replace")[:300])
         if out.error:
             self.metrics.errors.labels("unresolved_claim").inc()
             self.log.info("filter_error", pod=f"{args.pod.namespace}/{args.pod.name}", error=out.error)

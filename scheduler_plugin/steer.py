@@ -37,6 +37,7 @@ RELEASE_DELAY = 3.0  # after failing a held bind: kube-scheduler's Unreserve cle
 RELEASE_WAIT = 15.0  # how long a claim still reserved for its pod is watched for that Unreserve
 EVENT_PODS = 5  # a gang's Event goes on its group object and on at most this many members
 TICK = 1.0  # timeouts and replans are checked at least this often
+STEERED_TTL = 600.0  # how long a nominated pod's devices stay set aside if nothing else ends it
 
 
 class Steering:
@@ -102,13 +103,18 @@ class Steering:
             return  # a claim not in the cache yet: its arrival changes the pod (claim status) and we retry
         if req.empty:
             return
+        # The previous pod's reservation must be in the node states this pod is planned on (else both get the
+        # same devices and the node is promised twice).
+        self.index.refresh(now)
         t0 = time.perf_counter()
         choice = self.planner.best_node(pod, req)
         self.metrics.plan_seconds.labels("pod").observe(time.perf_counter() - t0)
         if not isinstance(choice, Choice):
             self.metrics.steered.labels("no_node").inc()
             return
-        self.index.reserve(pod, choice.node, choice.fit, claim_keys(pod), now)
+        # Held until kube-scheduler gets to the pod (a long queue at 5,000 nodes takes minutes): its filter call
+        # drops the reservation and takes it again only for the node it passes; binding or deletion ends it.
+        self.index.reserve(pod, choice.node, choice.fit, claim_keys(pod), now, ttl=STEERED_TTL)
         self.index.hint(pod, choice.node, now)
         self.steered[pod.uid] = (choice.node, now)
         self.metrics.steered.labels("nominated").inc()
