@@ -33,6 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.scheduler_throughput import machine
 from scheduler_plugin.cache import apply_event
 from scheduler_plugin.claims import resolve
 from scheduler_plugin.config import default_config
@@ -87,15 +88,6 @@ def pct(xs: list[float], q: float) -> float:
 
 def out(name: str, value: float, unit: str, digits: int = 2) -> None:
     print(f"{name}: {value:.{digits}f} {unit}", flush=True)
-
-
-def machine() -> str:
-    mem = 0.0
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            mem = int(line.split()[1]) / 1024 / 1024
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"nproc {os.cpu_count()}, {mem:.1f} GiB memory, load average at start {load}"
 
 
 def revision() -> str:
