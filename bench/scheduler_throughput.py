@@ -365,6 +365,9 @@ def run_row(cluster: LocalCluster, client: KubeClient, ext: Extender, row: Row, 
     sched_ctx = client_context(cluster.pki_dir / "admin.crt", cluster.pki_dir / "admin.key")
     # /readyz includes the scheduler's informer sync; healthz (what the harness waits for) does not.
     wait_url(f"{sched_url}/readyz", sched_ctx, 300, "kube-scheduler")
+    # /metrics needs the admin's client certificate recognised: kube-scheduler learns the client CA from a
+    # ConfigMap it watches, which can sync after /readyz answers (until then: 403).
+    wait_url(f"{sched_url}/metrics", sched_ctx, 60, "kube-scheduler metrics")
     pids = {c: cluster.procs.pid(c) for c in COMPONENTS}
     if ext.proc is not None:
         pids["extender"] = ext.proc.pid
