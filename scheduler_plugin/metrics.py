@@ -39,7 +39,8 @@ class Metrics:
                                       "Time to plan one pod's node, or one whole gang", ["what"],
                                       buckets=LATENCY_BUCKETS, registry=r)
         self.steered = Counter("topodra_extender_steered_total",
-                               "Pending pods planned: nominated, or no node fits", ["outcome"], registry=r)
+                               "Pending pods planned (nominated, no_node); nominations refused by the filter",
+                               ["outcome"], registry=r)
         self.binds = Counter("topodra_extender_binds_total", "Bindings the extender made, by outcome", ["outcome"],
                              registry=r)
         self.gangs = Gauge("topodra_extender_gangs", "Gangs known to the extender, by phase", ["phase"], registry=r)

@@ -121,7 +121,7 @@ class Extender:
         out = filter_reply(self.index, self.cfg, args.pod, args.node_names, self.clock(), self.views)
         if len(args.node_names) == 1 and args.pod.nominated_node == args.node_names[0] and out.passed == 0:
             # kube-scheduler tried the pod's nominated node alone and we refuse it: it will filter the cluster.
-            self.metrics.errors.labels("nominated_node_refused").inc()
+            self.metrics.steered.labels("nomination_refused").inc()
             self.log.debug("nominated_node_refused", pod=f"{args.pod.namespace}/{args.pod.name}",
                            node=args.node_names[0], reply=out.body.decode(errors="replace")[:300])
         if out.error:
@@ -172,6 +172,14 @@ class Extender:
         return web.Response(text=f"cache not synced: {', '.join(waiting)}", status=503)
 
     async def metrics_handler(self, _: web.Request) -> web.StreamResponse:
+        if self.coordinator is not None:
+            phases: dict[str, int] = {}
+            for g in self.coordinator.snapshot():
+                phase = str(g["phase"]) or "Collecting"
+                phases[phase] = phases.get(phase, 0) + 1
+            self.metrics.gangs.clear()
+            for phase, n in phases.items():
+                self.metrics.gangs.labels(phase).set(n)
         if self.cache is not None:
             self.cache.update_gauges()
         else:

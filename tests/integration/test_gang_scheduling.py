@@ -76,6 +76,15 @@ def test_gang_waits_for_its_last_member_then_binds_whole(extender: ExtenderProce
         got = wait_bound(client, namespace, ["w-0", "w-1", "w-2"], timeout=60)
     assert set(got.values()) <= set(nodes)
     assert inv.counters.gangs_fully_bound >= 1
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        _, text = extender.get("/metrics")
+        if any(ln.startswith('topodra_extender_gangs{phase="Bound"}') and float(ln.split()[-1]) >= 1
+               for ln in text.splitlines()):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the extender's gang gauge never showed a Bound gang")
     # 3 members x 4 GPUs on 2 nodes of 8: two share a node.
     assert sorted(list(got.values()).count(n) for n in nodes) == [1, 2]
 
