@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -32,7 +32,7 @@ from scheduler_plugin.claims import Unresolved, resolve
 from scheduler_plugin.config import ExtenderConfig
 from scheduler_plugin.filter import PREFIX, FilterOutcome, claim_keys
 from scheduler_plugin.gang.model import GangKey, GangObjects, GangSpec, Waiting
-from scheduler_plugin.gang.planner import Assignment, GangPlan, Member, Shortfall, plan_gang
+from scheduler_plugin.gang.planner import Assignment, GangPlan, Member, Shortfall, level_order, plan_gang
 from scheduler_plugin.gang.sources import gang_of, merge_members
 from scheduler_plugin.gang.status import GangStatus, Phase
 from scheduler_plugin.index import Index
@@ -546,7 +546,7 @@ class Coordinator:
 
 
 def _within(level: str, preferred: str, c: Coordinator) -> bool:
-    order = ["node"] + [lv.name for lv in reversed(c.cfg.levels)] + ["cluster"]
+    order = [name for name, _ in level_order(c.index)]
     return level in order and preferred in order and order.index(level) <= order.index(preferred)
 
 
@@ -555,5 +555,3 @@ def _refuse_all(names: tuple[str, ...], why: str) -> FilterOutcome:
     out.unresolvable = dict.fromkeys(names, PREFIX + why)
     return out
 
-
-BindFn = Callable[[str, str, str, str], Awaitable[str]]
