@@ -34,12 +34,14 @@ def now_micro() -> str:
 
 def renew_lease(client: KubeClient, node_name: str, node_uid: str) -> None:
     spec = {"holderIdentity": node_name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": now_micro()}
+    path = f"{LEASES}/{path_escape(node_name)}"
     try:
-        client.request("PATCH", f"{LEASES}/{path_escape(node_name)}", body={"spec": spec},
-                       content_type="application/merge-patch+json")
+        client.request("PATCH", path, body={"spec": spec}, content_type="application/merge-patch+json")
+        return
     except ApiError as e:
         if not e.not_found:
             raise
+    try:
         client.request("POST", LEASES, body={
             "metadata": {
                 "name": node_name,
@@ -48,6 +50,12 @@ def renew_lease(client: KubeClient, node_name: str, node_uid: str) -> None:
             },
             "spec": spec,
         })
+    except ApiError as e:
+        # The heartbeat process and the node's creator can both find the Lease missing and race to
+        # create it; whoever loses renews the one the other made.
+        if not e.conflict:
+            raise
+        client.request("PATCH", path, body={"spec": spec}, content_type="application/merge-patch+json")
 
 
 def beat_once(client: KubeClient, pool: ThreadPoolExecutor) -> int:
