@@ -105,7 +105,7 @@ state = {q(str(d / "state"))}
     disable = true
 """
 
-    def start(self, procs: ProcessTable, deadline: float) -> None:
+    def start(self, procs: ProcessTable, deadline: float, wrap: tuple[str, ...] = ()) -> None:
         """Write the config and the loopback CNI network, start containerd, wait until `ctr` gets an answer."""
         self.cni_conf_dir.mkdir(parents=True, exist_ok=True)
         (self.cni_conf_dir / "10-loopback.conflist").write_text(json.dumps({
@@ -116,7 +116,7 @@ state = {q(str(d / "state"))}
         path = f"{self.bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
         procs.start(ProcessSpec("containerd", (
             str(self.bin_dir / "containerd"), "--config", str(cfg), "--address", str(self.socket),
-        ), env={"PATH": path}))
+        ), env={"PATH": path}, wrap=wrap))
         last = ""
         while time.monotonic() < deadline:
             code = procs.exited("containerd")

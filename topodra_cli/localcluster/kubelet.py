@@ -70,13 +70,15 @@ def kubelet_config(
 
 
 def kubelet_argv(
-    kubelet: Path, *, config: Path, kubeconfig: Path, root_dir: Path, cert_dir: Path, node_name: str
+    kubelet: Path, *, config: Path, kubeconfig: Path, root_dir: Path, cert_dir: Path, node_name: str,
+    node_ip: str = "",
 ) -> tuple[str, ...]:
     return (
         str(kubelet),
         f"--config={config}", f"--kubeconfig={kubeconfig}", f"--root-dir={root_dir}",
         f"--cert-dir={cert_dir}", f"{_OUR_KUBELET_FLAG}{node_name}",
         f"--node-labels={REAL_NODE_LABEL}=true",
+        *([f"--node-ip={node_ip}"] if node_ip else []),
         "--v=2",
     )
 

@@ -18,6 +18,10 @@ class RealNodeState:
     containerd_version: str
     driver: bool
     cgroup_mounts: list[str] = field(default_factory=list)
+    # An isolated node (several on one machine, each with the paths of a real node): its own address on
+    # `lo` (the kubelet rejects loopback node IPs) and the host paths its mount namespace binds.
+    node_ip: str = ""
+    binds: dict[str, str] = field(default_factory=dict)
 
     def cgroup_roots(self) -> list[Path]:
         """The node's own cgroup in every hierarchy."""

@@ -22,6 +22,9 @@ class ProcessSpec:
     name: str
     argv: tuple[str, ...]
     env: Mapping[str, str] | None = None
+    # Run through this prefix (e.g. `nsenter --mount=... --`, which execs argv): the pid file still names
+    # argv[0], the program the pid will run, so stop() recognises it.
+    wrap: tuple[str, ...] = ()
 
 
 def free_port() -> int:
@@ -89,7 +92,7 @@ class ProcessTable:
             env.update(spec.env)
         try:
             proc = subprocess.Popen(
-                list(spec.argv),
+                [*spec.wrap, *spec.argv],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -19,13 +19,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
 
 from driver.model import DRIVER_NAME
-from topodra_cli.localcluster import pki
+from topodra_cli.localcluster import nodens, pki
 from topodra_cli.localcluster.cluster import LocalCluster
 from topodra_cli.localcluster.containerd import CONTAINERD_VERSION, Containerd, ensure_containerd
 from topodra_cli.localcluster.gates import gates
@@ -55,8 +55,13 @@ class RealNode:
         topology: Path | None = None,
         driver_args: Sequence[str] = (),
         containerd_version: str = CONTAINERD_VERSION,
+        isolated: bool = False,
+        binds: Mapping[str, Path] | None = None,
     ) -> None:
+        """`isolated`: a node of several on this machine, with a real node's host paths (see `nodens`)."""
         self.cluster = cluster
+        self.isolated = isolated
+        self.extra_binds = dict(binds or {})
         self.name = name or default_node_name()
         self.dir = cluster.dir / "nodes" / self.name
         self.topology = topology.resolve() if topology is not None else None
@@ -65,6 +70,16 @@ class RealNode:
         self.procs = ProcessTable(self.dir)
         self.state: RealNodeState | None = load_state(self.dir)
         self._driver_log_offset = 0
+        self._wrap: tuple[str, ...] = ()
+
+    def host_binds(self) -> dict[str, Path]:
+        """Host path as the node's pods see it -> this node's dir (isolated nodes only)."""
+        return {
+            "/var/lib/kubelet": self.kubelet_root,
+            "/var/run/cdi": self.cdi_dir,
+            "/etc/kubernetes/topodra": self.dir / "etc-topodra",
+            **self.extra_binds,
+        }
 
     # ---- paths ----------------------------------------------------------------------------------
     @property
@@ -123,11 +138,18 @@ class RealNode:
             driver=self.topology is not None,
             cgroup_mounts=[str(m) for m in cgroup_mounts()],
         )
+        if self.isolated:
+            self.state.node_ip = nodens.node_ip_for(self.dir)
+            self.state.binds = {t: str(p) for t, p in self.host_binds().items()}
         save_state(self.dir, self.state)
         try:
             deadline = time.monotonic() + timeout
             self._make_dirs(self.state)
-            self.containerd.start(self.procs, deadline)
+            if self.isolated:
+                nodens.add_node_ip(self.state.node_ip)
+                holder = nodens.start_mount_namespace(self.procs, self.host_binds())
+                self._wrap = nodens.enter(holder)
+            self.containerd.start(self.procs, deadline, wrap=self._wrap)
             import_images(self.containerd.bin_dir / "ctr", str(self.containerd.socket),
                           build_images(self.dir / "images"))
             self._start_kubelet(self.state)
@@ -214,10 +236,10 @@ class RealNode:
         cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
         argv = kubelet_argv(self.cluster.bin_dir / "kubelet", config=cfg, kubeconfig=self.kubeconfig,
                             root_dir=self.kubelet_root, cert_dir=self.dir / "pki" / "kubelet-serving",
-                            node_name=self.name)
+                            node_name=self.name, node_ip=st.node_ip)
         # The kubelet finds runc and the shim on PATH; containerd's bin dir first.
         path = f"{self.containerd.bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
-        self.procs.start(ProcessSpec("kubelet", argv, env={"PATH": path}))
+        self.procs.start(ProcessSpec("kubelet", argv, env={"PATH": path}, wrap=self._wrap))
 
     def wait_ready(self, timeout: float = 90) -> None:
         from kubernetes import client

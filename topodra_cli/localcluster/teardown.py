@@ -22,6 +22,7 @@ from pathlib import Path
 from topodra_cli.localcluster.containerd import CONTAINERD_VERSION, Containerd
 from topodra_cli.localcluster.kubelet import restore_kernel_tunables
 from topodra_cli.localcluster.mounts import mounts_under
+from topodra_cli.localcluster.nodens import remove_node_ip
 from topodra_cli.localcluster.nodestate import STATE_FILE, RealNodeState, load_state
 from topodra_cli.localcluster.processes import ProcessTable
 
@@ -57,6 +58,7 @@ def teardown_node(node_dir: Path) -> None:
     containerd.kill_shims()
     if st is not None:
         remove_cgroups(st)
+        remove_node_ip(st.node_ip)
     unmount_under(node_dir)
     remove_container_log_links(node_dir / "pod-logs")
     leftover = mounts_under(node_dir)
