@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from driver.devicehealth import mark_unhealthy
-from driver.discovery import BackendConfig, DiscoveryError, discover, discover_fleet
+from driver.discovery import BackendConfig, DiscoveryError, discover_fleet, discover_node
 from driver.errors import StartupError
 from driver.model import DRIVER_NAME, NodeTopology
 from driver.publisher import PublisherMetrics, PublishLoop, SlicePublisher
@@ -24,6 +24,7 @@ from kubeaccess.sync import KubeClient
 
 if TYPE_CHECKING:
     from driver.kubeletplugin.runner import KubeletPlugin
+    from driver.probeserver import ProbeServer
 
 log = structlog.get_logger("topodra.driver")
 
@@ -55,7 +56,10 @@ class DriverConfig:
     health: bool = True
     dev_root: Path | None = None  # where device nodes are looked up (default /dev or $TOPODRA_DEV_ROOT)
     shutdown_grace: float = 5.0
-    metrics_port: int = 0
+    metrics_port: int = 0  # also serves /healthz and /readyz
+    metrics_host: str = "0.0.0.0"
+    driver_root: Path | None = None  # mounted host driver root: libnvidia-ml.so.1 is searched below it
+    boot_id_file: Path | None = None  # default /proc/sys/kernel/random/boot_id (or $TOPODRA_BOOT_ID_FILE)
 
     def backend_config(self) -> BackendConfig:
         return BackendConfig(
@@ -64,6 +68,7 @@ class DriverConfig:
             topology_file=self.topology_file,
             sysfs_root=self.sysfs_root,
             include_virtual_nics=self.include_virtual_nics,
+            driver_root=self.driver_root,
         )
 
     @property
@@ -92,6 +97,8 @@ class DriverApp:
         self._raw_topology: NodeTopology | None = None
         self.fleet_runs = 0
         self.fleet_ready = threading.Event()
+        self.no_gpus: str | None = None  # why the nvml backend found no GPU (readiness says it)
+        self.probes: ProbeServer | None = None
 
     # ---- control ----------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -109,10 +116,38 @@ class DriverApp:
     # ---- run --------------------------------------------------------------------------------------
     def run(self) -> int:
         if self.cfg.metrics_port:
-            from prometheus_client import start_http_server
+            from driver.probeserver import ProbeServer
 
-            start_http_server(self.cfg.metrics_port, registry=self.metrics.registry)
-        return self._run_fleet() if self.cfg.fleet else self._run_node()
+            self.probes = ProbeServer(
+                self.cfg.metrics_host, self.cfg.metrics_port, self.metrics.registry, self.liveness, self.readiness
+            ).start()
+        try:
+            return self._run_fleet() if self.cfg.fleet else self._run_node()
+        finally:
+            if self.probes is not None:
+                self.probes.stop()
+
+    # ---- probes -----------------------------------------------------------------------------------
+    def liveness(self) -> str | None:
+        """/healthz: None while the process and its gRPC servers run."""
+        if self.plugin is not None:
+            return self.plugin.liveness_problem()
+        return None
+
+    def readiness(self) -> str | None:
+        """/readyz: None once registered with the kubelet and the node's slices are published."""
+        if self.cfg.fleet:
+            return None if self.fleet_ready.is_set() else "fleet slices not published yet"
+        if self.cfg.kubelet_plugin:
+            if self.plugin is None:
+                return "the kubelet plugin is not started yet"
+            if not self.plugin.registered.is_set():
+                return "not registered with the kubelet yet"
+        if self.loop is None or not self.loop.synced.is_set():
+            return "ResourceSlices not published yet"
+        if self.no_gpus is not None:
+            return f"no GPUs: {self.no_gpus}"
+        return None
 
     def _run_node(self) -> int:
         cfg = self.cfg
@@ -141,16 +176,37 @@ class DriverApp:
 
     def _discover(self, bcfg: BackendConfig) -> NodeTopology:
         """Discovery for publishing: devices the plugin's health checks find unhealthy are tainted too."""
-        topo = discover(bcfg)
+        found = discover_node(bcfg)
+        self._note_no_gpus(found.no_gpus)
+        topo = found.topology
         self._raw_topology = topo
         bad = self.plugin.unhealthy_devices() if self.plugin is not None else {}
         if not bad:
             return topo
         return mark_unhealthy(topo, bad)
 
+    def _note_no_gpus(self, why: str | None) -> None:
+        """One error line when GPUs go missing (or the reason changes), one info line when they come back."""
+        if why == self.no_gpus:
+            return
+        if why is not None:
+            log.error(
+                "no_gpus",
+                reason=why,
+                driver_root=str(self.cfg.driver_root or ""),
+                effect="publishing the node's other devices only; not ready",
+            )
+        else:
+            log.info("gpus_found", previous_reason=self.no_gpus)
+        self.no_gpus = why
+
     def _topology_for_plugin(self, bcfg: BackendConfig) -> NodeTopology:
         current = self._raw_topology
-        return current if current is not None else discover(bcfg)
+        if current is not None:
+            return current
+        found = discover_node(bcfg)
+        self._note_no_gpus(found.no_gpus)
+        return found.topology
 
     def _start_plugin(self, bcfg: BackendConfig) -> KubeletPlugin:
         # Here, not at the top: grpc and the plugin's modules are only needed when it is switched on,
@@ -171,6 +227,8 @@ class DriverApp:
         )
         if cfg.dev_root is not None:  # else the plugin's own default ($TOPODRA_DEV_ROOT or /dev)
             pcfg = replace(pcfg, dev_root=cfg.dev_root)
+        if cfg.boot_id_file is not None:  # else $TOPODRA_BOOT_ID_FILE or the kernel's
+            pcfg = replace(pcfg, boot_id_file=cfg.boot_id_file)
         # The light REST client, not the `kubernetes` package: what that import costs is measured in
         # docs/benchmarks-driver.md ("Resident memory of a one-node driver process").
         plugin = KubeletPlugin(pcfg, lambda: self._topology_for_plugin(bcfg), self.client)

@@ -50,7 +50,24 @@ def register(sub: Any) -> None:
         help="seconds between discoveries (0 = only at start and on SIGHUP)",
     )
     p.add_argument("--max-devices-per-slice", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0 = off)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(env("TOPODRA_METRICS_PORT", "0")),
+        help="serve /metrics, /healthz and /readyz on this port (0 = off; env TOPODRA_METRICS_PORT)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default=env("TOPODRA_METRICS_HOST", "0.0.0.0"),
+        help="address of the metrics and probe server (default 0.0.0.0; env TOPODRA_METRICS_HOST)",
+    )
+    p.add_argument(
+        "--driver-root",
+        type=Path,
+        default=Path(env("TOPODRA_DRIVER_ROOT", "")) if env("TOPODRA_DRIVER_ROOT") else None,
+        help="where the host's NVIDIA driver root is mounted; libnvidia-ml.so.1 is searched below it "
+        "(default: the library path; env TOPODRA_DRIVER_ROOT)",
+    )
     p.add_argument("--log-level", default=env("TOPODRA_LOG_LEVEL", "info"))
     g = p.add_argument_group("fleet mode (many simulated nodes from one topology file)")
     g.add_argument("--fleet", action="store_true", help="publish slices for every node of --topology")
@@ -70,6 +87,13 @@ def register(sub: Any) -> None:
     k.add_argument("--state-dir", type=Path, default=None, help="default <kubelet-root-dir>/plugins/<driver-name>")
     k.add_argument("--pod-uid", default=env("POD_UID"), help="this pod's UID (env POD_UID), for rolling updates")
     k.add_argument("--health", action=argparse.BooleanOptionalAction, default=True, help="serve device health")
+    k.add_argument(
+        "--boot-id-file",
+        type=Path,
+        default=Path(env("TOPODRA_BOOT_ID_FILE", "")) if env("TOPODRA_BOOT_ID_FILE") else None,
+        help="file holding this boot's id; a change means the node rebooted "
+        "(default /proc/sys/kernel/random/boot_id; env TOPODRA_BOOT_ID_FILE)",
+    )
     k.add_argument(
         "--dev-root",
         type=Path,
@@ -115,6 +139,9 @@ def config_from_args(a: argparse.Namespace) -> DriverConfig:
         health=a.health,
         dev_root=a.dev_root,
         metrics_port=a.metrics_port,
+        metrics_host=a.metrics_host,
+        driver_root=a.driver_root,
+        boot_id_file=a.boot_id_file,
     )
 
 

@@ -15,7 +15,16 @@ from driver.model import Gpu, Nic, NodeTopology
 
 BACKENDS = ("nvml", "sysfs", "file")
 
-__all__ = ["BACKENDS", "BackendConfig", "DiscoveryError", "TopologyFileError", "discover", "discover_fleet"]
+__all__ = [
+    "BACKENDS",
+    "BackendConfig",
+    "Discovery",
+    "DiscoveryError",
+    "TopologyFileError",
+    "discover",
+    "discover_fleet",
+    "discover_node",
+]
 
 
 @dataclass(frozen=True)
@@ -25,6 +34,7 @@ class BackendConfig:
     topology_file: Path | None = None
     sysfs_root: Path = field(default_factory=lambda: Path("/sys"))
     include_virtual_nics: bool = False
+    driver_root: Path | None = None  # mounted host driver root where libnvidia-ml.so.1 is searched
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.backends if b not in BACKENDS]
@@ -36,25 +46,45 @@ class BackendConfig:
             raise DiscoveryError("the file backend needs a topology file (--topology FILE)")
 
 
+@dataclass(frozen=True)
+class Discovery:
+    topology: NodeTopology
+    # Why the nvml backend found no GPU (no library, NVML cannot start, or zero devices); None when it
+    # found some or is not in use. The node's other devices are still published.
+    no_gpus: str | None = None
+
+
 def discover(cfg: BackendConfig) -> NodeTopology:
     """What this node has now. Raises DiscoveryError (or TopologyFileError) with a clear reason."""
+    return discover_node(cfg).topology
+
+
+def discover_node(cfg: BackendConfig) -> Discovery:
+    """Like `discover`, but a node without NVML or GPUs is not an error: it has no GPUs, and says why."""
     if cfg.backends == ("file",):
         assert cfg.topology_file is not None
         for node in discover_fleet(cfg.topology_file):
             if node.node_name == cfg.node_name:
-                return node
+                return Discovery(node)
         raise DiscoveryError(f"topology file {cfg.topology_file} has no node named {cfg.node_name!r}")
     gpus: tuple[Gpu, ...] = ()
     nics: tuple[Nic, ...] = ()
+    no_gpus: str | None = None
     if "nvml" in cfg.backends:
         from driver.discovery.nvml import discover_gpus
 
-        gpus = tuple(discover_gpus(cfg.sysfs_root))
+        try:
+            gpus = tuple(discover_gpus(cfg.sysfs_root, cfg.driver_root))
+        except DiscoveryError as e:
+            no_gpus = str(e)
+        else:
+            if not gpus:
+                no_gpus = "NVML is loaded but reports no GPU on this node"
     if "sysfs" in cfg.backends:
         from driver.discovery.sysfs import discover_nics
 
         nics = tuple(discover_nics(cfg.sysfs_root, cfg.include_virtual_nics))
-    return NodeTopology(node_name=cfg.node_name, gpus=gpus, nics=nics)
+    return Discovery(NodeTopology(node_name=cfg.node_name, gpus=gpus, nics=nics), no_gpus)
 
 
 def discover_fleet(topology_file: Path | str) -> list[NodeTopology]:

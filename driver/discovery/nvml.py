@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 from driver.discovery.common import DiscoveryError, normalize_bdf, pci_topology
+from driver.discovery.nvmllib import LIB_NAME, use_driver_root
 from driver.model import Gpu
 
 log = structlog.get_logger("topodra.discovery.nvml")
@@ -75,16 +76,21 @@ def _cuda_version(v: int) -> str:
     return f"{v // 1000}.{(v % 1000) // 10}"
 
 
-def discover_gpus(sysfs_root: Path | str = "/sys") -> list[Gpu]:
+def discover_gpus(sysfs_root: Path | str = "/sys", driver_root: Path | None = None) -> list[Gpu]:
+    """GPUs through NVML; with `driver_root`, the library is the one found under that mounted host root."""
     try:
         import pynvml
     except ImportError as e:  # pragma: no cover - a declared dependency
         raise DiscoveryError("nvml backend needs the nvidia-ml-py package (module pynvml)") from e
+    problem = use_driver_root(driver_root, pynvml)
+    if problem is not None:
+        raise DiscoveryError(problem)
+    where = f"found under {driver_root}" if driver_root else f"is {LIB_NAME} on the library path?"
     with _lock:
         try:
             pynvml.nvmlInit()
         except pynvml.NVMLError as e:
-            raise DiscoveryError(f"NVML init failed: {e} (is libnvidia-ml.so.1 on the library path?)") from e
+            raise DiscoveryError(f"NVML init failed: {e} ({where})") from e
         try:
             return _discover(pynvml, Path(sysfs_root))
         finally:

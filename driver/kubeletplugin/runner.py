@@ -226,6 +226,18 @@ class KubeletPlugin:
     def unhealthy_devices(self) -> dict[str, str]:
         return self.monitor.unhealthy() if self.monitor is not None else {}
 
+    def liveness_problem(self) -> str | None:
+        """None while both gRPC servers run and their sockets exist (a deleted socket is never served
+        again: restarting the process is the cure), else why not."""
+        if self._stopping.is_set():
+            return "the kubelet plugin is stopping"
+        if self._dra_server is None or not self.paths.dra.is_socket():
+            return f"the DRA gRPC server is not serving {self.paths.dra}"
+        with self._reg_lock:
+            if self._reg_server is not None and not self.paths.registration.is_socket():
+                return f"the registration socket {self.paths.registration} is gone"
+        return None
+
     @property
     def registered(self) -> threading.Event:
         return self.registration.registered
