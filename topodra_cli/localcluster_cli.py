@@ -47,6 +47,10 @@ def register(sub: Any) -> None:
                     help="with --real: also run the topodra driver on this topology file (file backend)")
     an.add_argument("--driver-arg", action="append", default=[], metavar="ARG",
                     help="with --real: extra argument for `topodra driver` (repeatable)")
+    an.add_argument("--isolated", action="store_true",
+                    help="with --real: one of several real nodes on this machine: its own mount namespace where "
+                         "/var/lib/kubelet, /var/run/cdi and /etc/kubernetes/topodra are its own dirs (what a "
+                         "DaemonSet expects), and its own node IP (10.250.x.y on lo)")
     an.set_defaults(handler=_add_node)
 
 
@@ -89,6 +93,16 @@ def _status(args: argparse.Namespace) -> int:
     return 0 if c.is_running() else 1
 
 
+def _labels(pairs: list[str]) -> dict[str, str]:
+    labels = {}
+    for kv in pairs:
+        k, sep, v = kv.partition("=")
+        if not sep or not k:
+            raise ClusterError(f"--label wants K=V, got {kv!r}")
+        labels[k] = v
+    return labels
+
+
 def _add_node(args: argparse.Namespace) -> int:
     if args.real:
         return _add_real_node(args)
@@ -96,13 +110,7 @@ def _add_node(args: argparse.Namespace) -> int:
         return _fail(ClusterError("add-node needs a node name (or --real)"))
     try:
         c = LocalCluster.attach(args.dir)
-        labels = {}
-        for kv in args.label:
-            k, sep, v = kv.partition("=")
-            if not sep or not k:
-                raise ClusterError(f"--label wants K=V, got {kv!r}")
-            labels[k] = v
-        c.add_fake_node(args.name, labels)
+        c.add_fake_node(args.name, _labels(args.label))
     except ClusterError as e:
         return _fail(e)
     print(f"node/{args.name} added")
@@ -112,11 +120,13 @@ def _add_node(args: argparse.Namespace) -> int:
 def _add_real_node(args: argparse.Namespace) -> int:
     from topodra_cli.localcluster.realnode import add_real_node
 
-    if args.label:
-        return _fail(ClusterError("--label is for fake nodes; a real node's labels come from its kubelet"))
     try:
+        labels = _labels(args.label)
         c = LocalCluster.attach(args.dir)
-        node = add_real_node(c, args.name, topology=args.topology, driver_args=args.driver_arg)
+        node = add_real_node(c, args.name, topology=args.topology, driver_args=args.driver_arg,
+                             isolated=args.isolated)
+        if labels:  # set by the admin, not the kubelet: it may not claim node-role.kubernetes.io/* itself
+            c.label_node(node.name, labels)
     except ClusterError as e:
         return _fail(e)
     print(f"local-cluster: real node {node.name} Ready (containerd {node.containerd_socket}, kubelet root "

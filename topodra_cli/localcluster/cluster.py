@@ -477,6 +477,10 @@ class LocalCluster:
         with ThreadPoolExecutor(min(16, max(1, len(items)))) as pool:
             list(pool.map(one, items))
 
+    def label_node(self, name: str, labels: Mapping[str, str]) -> None:
+        self.kube().request("PATCH", f"/api/v1/nodes/{path_escape(name)}", content_type=MERGE_PATCH,
+                            body={"metadata": {"labels": dict(labels)}})
+
     def delete_node(self, name: str) -> None:
         with contextlib.suppress(ApiError):
             self.kube().request("DELETE", f"/api/v1/nodes/{path_escape(name)}")

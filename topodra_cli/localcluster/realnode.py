@@ -308,9 +308,10 @@ def add_real_node(
     topology: Path | None = None,
     driver_args: Sequence[str] = (),
     build: bool = True,
+    isolated: bool = False,
 ) -> RealNode:
     """Start a real node (containerd + kubelet, plus the driver when `topology` is given) and wait until Ready."""
-    node = RealNode(cluster, name, topology=topology, driver_args=driver_args)
+    node = RealNode(cluster, name, topology=topology, driver_args=driver_args, isolated=isolated)
     node.start(build=build)
     if node.topology is not None:
         try:
