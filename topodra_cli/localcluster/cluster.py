@@ -63,6 +63,7 @@ class ClusterState:
     percentage_of_nodes_to_score: int = 100
     generic_workload: bool = False  # upstream workload-aware (gang) scheduling: GenericWorkload + its API group
     scheduler_base: dict[str, Any] | None = None  # the user's KubeSchedulerConfiguration, before harness additions
+    leader_elect: bool = False
 
 
 class LocalCluster:
@@ -323,6 +324,7 @@ class LocalCluster:
             kubeconfig=self.dir / "scheduler.kubeconfig",
             extenders=st.extenders,
             percentage_of_nodes_to_score=st.percentage_of_nodes_to_score,
+            leader_elect=st.leader_elect,
         )
         self.scheduler_config_path().write_text(yaml.safe_dump(doc, sort_keys=False))
 
@@ -350,6 +352,20 @@ class LocalCluster:
         assert self.state is not None
         self.state.extenders = [dict(e) for e in (extenders or [])]
         self.state.percentage_of_nodes_to_score = percentage_of_nodes_to_score
+        self._save_state()
+        self.procs.stop("kube-scheduler")
+        self._start_scheduler()
+
+    def set_scheduler_base(self, base: Path | Mapping[str, Any] | None, *, leader_elect: bool = False) -> None:
+        """Restart kube-scheduler from another base configuration, e.g. one a Helm chart rendered.
+
+        Only the credentials are the harness's; with `leader_elect` the scheduler holds its Lease
+        (kube-system/kube-scheduler unless the base names another), as kubeadm's does.
+        """
+        assert self.state is not None
+        self.state.scheduler_base = _scheduler_base(base)
+        self.state.extenders = []
+        self.state.leader_elect = leader_elect
         self._save_state()
         self.procs.stop("kube-scheduler")
         self._start_scheduler()

@@ -52,6 +52,7 @@ def compose(
     kubeconfig: Path,
     extenders: Sequence[Mapping[str, Any]],
     percentage_of_nodes_to_score: int,
+    leader_elect: bool = False,
 ) -> dict[str, Any]:
     """The file kube-scheduler is started with.
 
@@ -65,8 +66,9 @@ def compose(
     conn["kubeconfig"] = str(kubeconfig)
     conn.setdefault("qps", 500)
     conn.setdefault("burst", 1000)
-    # One scheduler per cluster; electing a leader would only delay its start.
-    doc.setdefault("leaderElection", {})["leaderElect"] = False
+    # One scheduler per cluster: electing a leader only delays its start, unless something follows its
+    # Lease (the extender's active replica does).
+    doc.setdefault("leaderElection", {})["leaderElect"] = leader_elect
     doc.setdefault("percentageOfNodesToScore", percentage_of_nodes_to_score)
     doc.setdefault("profiles", [{"schedulerName": "default-scheduler"}])
     if extenders:
