@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,12 @@ def register(sub: Any) -> None:
                    help="schedulerName of the pods to plan (repeatable; default: default-scheduler)")
     p.add_argument("--bind-hold-seconds", type=float, default=20.0,
                    help="how long a gang member's bind call is held (keep below the scheduler's httpTimeout)")
+    p.add_argument("--follow-lease", default=env("TOPODRA_FOLLOW_LEASE", ""), metavar="NAMESPACE/NAME",
+                   help="HA: be active only while the kube-scheduler this replica serves holds this Lease "
+                        "(e.g. kube-system/kube-scheduler); default: always active (env TOPODRA_FOLLOW_LEASE)")
+    p.add_argument("--identity", default=env("TOPODRA_IDENTITY") or socket.gethostname(),
+                   help="with --follow-lease: active when the Lease's holderIdentity is IDENTITY or IDENTITY_<suffix> "
+                        "(default: this host's name, as kube-scheduler uses it; env TOPODRA_IDENTITY)")
     p.set_defaults(handler=run)
     sp = p.add_subparsers(dest="extender_command", metavar="SUBCOMMAND")
     pc = sp.add_parser("print-scheduler-config", help="print the KubeSchedulerConfiguration that calls the extender")
@@ -82,6 +89,17 @@ def run(a: argparse.Namespace) -> int:
     if (a.tls_cert is None) != (a.tls_key is None):
         log.error("startup_failed", reason="--tls-cert and --tls-key go together")
         return 2
+    if a.follow_lease:
+        from scheduler_plugin.leadership import LeaseRef
+
+        try:
+            LeaseRef.parse(a.follow_lease)
+        except ValueError as e:
+            log.error("startup_failed", reason=str(e))
+            return 2
+        if not a.identity:
+            log.error("startup_failed", reason="--follow-lease needs a non-empty --identity")
+            return 2
     try:
         cfg = load_config(a.config)
         creds = load_credentials(a.kubeconfig, a.context)
@@ -123,6 +141,7 @@ async def _serve(a: argparse.Namespace, cfg: Any, creds: Any) -> None:
     from scheduler_plugin.gang.coordinator import Coordinator
     from scheduler_plugin.gang.store import GroupStore
     from scheduler_plugin.index import Index
+    from scheduler_plugin.leadership import ActiveWork, LeaseFollower, LeaseRef
     from scheduler_plugin.metrics import Metrics
     from scheduler_plugin.planner import Planner
     from scheduler_plugin.server import Extender, server_ssl_context
@@ -139,16 +158,25 @@ async def _serve(a: argparse.Namespace, cfg: Any, creds: Any) -> None:
     api = AsyncKube.from_credentials(creds, connections=32, user_agent="topodra-extender")
     writer = ApiWriter(api)
     planner = Planner(index, cfg)
-    steering = Steering(index, cfg, planner, writer, metrics,
-                        scheduler_names=tuple(a.scheduler_name or ("default-scheduler",)),
-                        ready=lambda: cache.synced, steer_single=a.steer)
-    coordinator = None
-    if groups is not None:
-        coordinator = Coordinator(index, cfg, groups, planner.eligible, steering,
-                                  bind_hold_seconds=a.bind_hold_seconds, metrics=metrics)
-        steering.coordinator = coordinator
-    ext = Extender(cfg, index, metrics, cache, require_client_cert=a.client_ca is not None,
-                   coordinator=coordinator, binder=steering.bind)
+
+    def build() -> tuple[Steering, Coordinator | None]:
+        steering = Steering(index, cfg, planner, writer, metrics,
+                            scheduler_names=tuple(a.scheduler_name or ("default-scheduler",)),
+                            ready=lambda: cache.synced, steer_single=a.steer)
+        coordinator = None
+        if groups is not None:
+            coordinator = Coordinator(index, cfg, groups, planner.eligible, steering,
+                                      bind_hold_seconds=a.bind_hold_seconds, metrics=metrics)
+            steering.coordinator = coordinator
+        return steering, coordinator
+
+    ext = Extender(cfg, index, metrics, cache, require_client_cert=a.client_ca is not None)
+    work = ActiveWork(build, index, ext, metrics)
+    follower: LeaseFollower | None = None
+    if a.follow_lease:
+        follower = LeaseFollower(api, LeaseRef.parse(a.follow_lease), a.identity, work.set_active)
+        ext.standby = follower.standby_reason
+        metrics.active.set(0)
     tls = server_ssl_context(a.tls_cert, a.tls_key, a.client_ca) if a.tls_cert else None
     runner = web.AppRunner(ext.app(), access_log=None, handle_signals=False)
     await runner.setup()
@@ -156,9 +184,12 @@ async def _serve(a: argparse.Namespace, cfg: Any, creds: Any) -> None:
     await site.start()
     await cache.start()
     freezer = asyncio.create_task(_freeze_when_synced(cache))
-    steer_task = asyncio.create_task(steering.run(), name="steer")
+    follow_task = asyncio.create_task(follower.run(), name="follow-lease") if follower is not None else None
+    if follower is None:
+        await work.start()
     log.info("serving", listen=a.listen, port=a.port, tls=tls is not None, client_ca=str(a.client_ca or ""),
-             apiserver=creds.server, levels=[lv.name for lv in cfg.levels])
+             apiserver=creds.server, levels=[lv.name for lv in cfg.levels], follow_lease=a.follow_lease,
+             identity=a.identity if a.follow_lease else "")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -166,8 +197,9 @@ async def _serve(a: argparse.Namespace, cfg: Any, creds: Any) -> None:
     await stop.wait()
     log.info("stopping")
     freezer.cancel()
-    steer_task.cancel()
-    await steering.drain()
+    if follow_task is not None:
+        follow_task.cancel()
+    await work.stop("the extender is stopping", drain=True)
     await cache.stop()
     await api.close()
     await runner.cleanup()

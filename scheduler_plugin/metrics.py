@@ -43,4 +43,7 @@ class Metrics:
                                ["outcome"], registry=r)
         self.binds = Counter("topodra_extender_binds_total", "Bindings the extender made, by outcome", ["outcome"],
                              registry=r)
+        self.active = Gauge("topodra_extender_active",
+                             "1 while this replica is the active one (always 1 without --follow-lease)", registry=r)
+        self.active.set(1)
         self.gangs = Gauge("topodra_extender_gangs", "Gangs known to the extender, by phase", ["phase"], registry=r)

@@ -58,6 +58,9 @@ class Extender:
         self.views = Views()  # per node-list state for the verbs, patched as nodes change
         self.log = structlog.get_logger("topodra.extender")
         self._last_stale_warning = -STALE_WARN_EVERY
+        # HA (--follow-lease): None while this replica is the active one, else why not. A standby answers
+        # every verb with an error: kube-scheduler retries the pod, and nothing is decided on its behalf.
+        self.standby: Callable[[], str | None] = lambda: None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
@@ -104,6 +107,10 @@ class Extender:
 
     async def filter(self, request: web.Request) -> web.StreamResponse:
         args = parse_args(await request.read())
+        why = self.standby()
+        if why is not None:
+            self.metrics.errors.labels("standby").inc()
+            return _json(filter_result([], {}, {}, f"topodra: this extender replica is not active ({why}); retry"))
         if self.cache is not None and not self.cache.synced:
             self.metrics.errors.labels("not_synced").inc()
             return _json(filter_result([], {}, {}, "topodra: extender cache not synced yet; retry"))
@@ -138,6 +145,10 @@ class Extender:
 
     async def prioritize(self, request: web.Request) -> web.StreamResponse:
         args = parse_args(await request.read())
+        why = self.standby()
+        if why is not None:
+            # A priority list has no error field; kube-scheduler skips the scores of an extender that fails.
+            return _json(orjson.dumps({"Error": f"topodra: this extender replica is not active ({why})"}), 503)
         if self.cache is not None and not self.cache.synced:
             return _json(priority_list([(n, 0) for n in args.node_names]))
         self._stale_check("prioritize")
@@ -148,7 +159,10 @@ class Extender:
     async def bind(self, request: web.Request) -> web.StreamResponse:
         """bindVerb: gang members wait at the barrier; other pods are bound at once."""
         b = parse_bind_args(await request.read())
-        if self.coordinator is not None:
+        why = self.standby()
+        if why is not None:
+            err = f"topodra: this extender replica is not active ({why}); not bound"
+        elif self.coordinator is not None:
             err = await self.coordinator.bind(b.namespace, b.pod_name, b.uid, b.node)
         elif self.binder is not None:
             err = await self.binder(b.namespace, b.pod_name, b.uid, b.node)
@@ -166,10 +180,13 @@ class Extender:
         return web.Response(text="ok")
 
     async def readyz(self, _: web.Request) -> web.StreamResponse:
-        if self.cache is None or self.cache.synced:
-            return web.Response(text="ok")
-        waiting = [k for k, s in self.cache.states.items() if not s.synced]
-        return web.Response(text=f"cache not synced: {', '.join(waiting)}", status=503)
+        if self.cache is not None and not self.cache.synced:
+            waiting = [k for k, s in self.cache.states.items() if not s.synced]
+            return web.Response(text=f"cache not synced: {', '.join(waiting)}", status=503)
+        why = self.standby()
+        if why is not None:
+            return web.Response(text=why, status=503)
+        return web.Response(text="ok")
 
     async def metrics_handler(self, _: web.Request) -> web.StreamResponse:
         if self.coordinator is not None:

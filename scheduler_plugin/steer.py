@@ -225,6 +225,11 @@ class Steering:
         self._writes.add(t)
         t.add_done_callback(self._writes.discard)
 
+    def cancel_writes(self) -> None:
+        """This replica stopped being the active one: what it has not written yet must not land."""
+        for t in list(self._writes):
+            t.cancel()
+
     async def drain(self, timeout: float = 5.0) -> None:
         if self._writes:
             await asyncio.wait(list(self._writes), timeout=timeout)
