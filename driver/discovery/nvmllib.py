@@ -52,17 +52,19 @@ class NvmlSearch:
     def describe(self) -> str:
         if self.found is not None:
             return f"{LIB_NAME} found at {self.found}"
-        dirs = dict.fromkeys(str(Path(p).parent) for p in self.searched)  # ordered, no repeats
-        return f"no {LIB_NAME} under driver root {self.root} (looked in {', '.join(dirs)})"
+        below = " and ".join(str(b) for b in bases(self.root))
+        return f"no {LIB_NAME} under driver root {self.root} (looked in {', '.join(LIB_DIRS)} below {below})"
+
+
+def bases(root: Path) -> list[Path]:
+    """The root itself, then the GPU operator's driver root inside it (unless it is that already)."""
+    op = root / OPERATOR_ROOT
+    return [root] if str(root).rstrip("/").endswith(OPERATOR_ROOT) else [root, op]
 
 
 def candidates(root: Path) -> list[Path]:
-    """Where the library may be under `root`, in search order (also under the operator's layout)."""
-    bases = [root]
-    op = root / OPERATOR_ROOT
-    if root.resolve() != op.resolve():
-        bases.append(op)
-    return [base / d / LIB_NAME for base in bases for d in LIB_DIRS]
+    """Where the library may be under `root`, in search order."""
+    return [base / d / LIB_NAME for base in bases(root) for d in LIB_DIRS]
 
 
 def resolve_in_root(root: Path, path: Path) -> Path | None:
