@@ -10,6 +10,7 @@ filter call then its first prioritize call (the same pod), as kube-scheduler ord
 HTTP+JSON costs.
 
     .venv/bin/python bench/extender_latency.py [--sizes 1000,5000,10000] [--requests 200] [--pattern random|first]
+        [--json FILE]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import multiprocessing as mp
 import os
 import random
@@ -251,7 +253,9 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=200, help="calls per verb and size")
     ap.add_argument("--pattern", choices=("random", "first"), default="random",
                     help="which half of each node is allocated: a random half per node (worst case) or the first")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     a = ap.parse_args()
+    results: dict[str, Any] = {"requests": a.requests, "pattern": a.pattern, "sizes": []}
     with tempfile.TemporaryDirectory(prefix="topodra-bench-") as d:
         ca = pki.make_ca(Path(d), "ca")
         srv = pki.issue(ca, Path(d), "srv", "bench", server_hosts=("127.0.0.1",), client=False)
@@ -263,13 +267,17 @@ def main() -> int:
         for n in (int(x) for x in a.sizes.split(",")):
             load_before = os.getloadavg()[0]
             res = run_size(n, a.requests, certs, a.pattern)
-            load = f"load average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+            load_after = os.getloadavg()[0]
+            load = f"load average (1 min) {load_before:.1f} before, {load_after:.1f} after"
+            calls: dict[str, Any] = {}
             for path in ("/v1/filter", "/v1/prioritize", "/trivial/filter", "/trivial/prioritize"):
                 r = res[path]
                 label = path.replace("/v1/", "extender ").replace("/trivial/", "trivial ")
                 print(f"| {n:,} | {label} | {pct(r.get('cpu', []), .5):.2f} | {pct(r.get('cpu', []), .99):.2f} | "
                       f"{pct(r.get('server', []), .5):.2f} | {pct(r.get('server', []), .99):.2f} | "
                       f"{pct(r['client'], .5):.2f} | {pct(r['client'], .99):.2f} |", flush=True)
+                calls[label] = {f"{side}_ms": {"p50": pct(r.get(key, []), .5), "p99": pct(r.get(key, []), .99)}
+                                for side, key in (("server_cpu", "cpu"), ("server", "server"), ("client", "client"))}
             info = res["info"]
             firsts = ", ".join(f"{v:.0f}" for v in res["first_call_ms"].values())
             first_prio = ", ".join(f"{v:.0f}" for v in res["first_prioritize_ms"].values())
@@ -278,8 +286,16 @@ def main() -> int:
                          f"{info['sizes']['signatures']} node shapes, {info['sizes']['profiles']} device profiles; "
                          f"first filter per pod shape (memo cold): {firsts} ms; "
                          f"first prioritize per pod shape (after its filter): {first_prio} ms; {load}")
+            results["sizes"].append({
+                "nodes": n, "calls": calls, "cache_build_s": info["build_s"], "cache_rss_mib": mib,
+                "node_shapes": info["sizes"]["signatures"], "device_profiles": info["sizes"]["profiles"],
+                "first_filter_ms": list(res["first_call_ms"].values()),
+                "first_prioritize_ms": list(res["first_prioritize_ms"].values()),
+                "load": [load_before, load_after]})
         print()
         print("\n".join(extra))
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 

@@ -127,7 +127,8 @@ def run(n: int, gangs: list[int], repeats: int, pods: int, busy: float, rows: li
         out(f"{key}.cpu_median", statistics.median(cpu) * 1000, "ms")
         nodes = len({a.node for a in plan.members.values()})
         print(f"{key}: placed in {plan.describe()} on {nodes} nodes", flush=True)
-        rows.append({"what": f"plan_gang, {size} pods", "nodes": n, "where": f"{plan.describe()}, {nodes} nodes",
+        rows.append({"what": f"plan_gang, {size} pods", "gang": size, "nodes": n,
+                     "where": f"{plan.describe()}, {nodes} nodes",
                      "cold_ms": cold * 1000, "median_ms": med * 1000, "p99_ms": p99 * 1000,
                      "cpu_median_ms": statistics.median(cpu) * 1000, "n": repeats})
     ms = members(idx, "single", pods)
@@ -175,7 +176,8 @@ def main() -> int:
     print(f"load average at end: {load}", flush=True)
     print("\n--- Markdown ---\n" + "\n".join(md), flush=True)
     if a.json:
-        a.json.write_text(json.dumps({"command": command, "machine": mach, "date": started, "rows": rows}, indent=1))
+        a.json.write_text(json.dumps({"command": command, "machine": mach, "date": started, "rows": rows,
+                                      "busy": a.busy, "markdown": "\n".join(md)}, indent=1))
     return 0
 
 

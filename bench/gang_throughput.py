@@ -21,7 +21,7 @@ node, rack or block) and, per pod, that its GPU and NIC share a PCIe root (claim
 against the slices' attributes). A gang that does not bind wholly within `--row-timeout` ends the bench
 with the extender's log excerpt and its /debug/gangs.
 
-    .venv/bin/python bench/gang_throughput.py [--nodes 1000] [--gang-size 256] [--repeats 1]
+    .venv/bin/python bench/gang_throughput.py [--nodes 1000] [--gang-size 256] [--repeats 1] [--json FILE]
 
 Result lines read `name: value unit`; a Markdown summary follows at the end.
 """
@@ -434,6 +434,19 @@ def markdown(runs: list[RunResult], nodes: int, size: int, command: str, mach: s
     return "\n".join(lines)
 
 
+def to_json(runs: list[RunResult], a: argparse.Namespace, setup_s: float, gang_s: float | None,
+            plain_s: float | None, md: str) -> Json:
+    return {
+        "nodes": a.nodes, "gang_size": a.gang_size, "repeats": a.repeats, "setup_s": setup_s,
+        "percentage_of_nodes_to_score": a.percentage_of_nodes_to_score,
+        "runs": [{"kind": r.kind, "index": r.index, "level": r.level, "expected_level": r.expected_level,
+                  "load": list(r.load), "figures": {k: v for k, (v, _) in r.figures().items()},
+                  "units": {k: u for k, (_, u) in r.figures().items()}} for r in runs],
+        "ratio_gang_over_plain": gang_s / plain_s if gang_s is not None and plain_s else None,
+        "markdown": md,
+    }
+
+
 def revision() -> str:
     root = Path(__file__).resolve().parents[1]
     try:
@@ -456,6 +469,7 @@ def main() -> int:
     ap.add_argument("--percentage-of-nodes-to-score", type=int, default=None, metavar="PCT",
                     help="gang row: kube-scheduler's percentageOfNodesToScore (default: as SchedulerSettings "
                          "configures users, unset = adaptive); the plain row always runs with the defaults")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, _terminate)
     command = " ".join(["bench/gang_throughput.py", *(shlex.quote(x) for x in sys.argv[1:])])
@@ -509,6 +523,8 @@ def main() -> int:
         md = markdown(runs, a.nodes, a.gang_size, command, mach, f"{started}, revision {revision()}",
                       t_nodes + t_slices)
         print("\n--- Markdown ---\n" + md, flush=True)
+        if a.json:
+            a.json.write_text(json.dumps(to_json(runs, a, t_nodes + t_slices, g, p, md), indent=2) + "\n")
         failed = False
     finally:
         ext.stop()

@@ -252,7 +252,8 @@ def run(args: argparse.Namespace, kubeconfig: Path) -> dict[str, Any]:
                 rep.append(timed(lambda c=c: sim.prepare([c])))
                 unp.append(timed(lambda c=c: sim.unprepare([c])))
             out[label] = {
-                "prepare_ms": {"p50": pct(prep, 50) * 1e3, "p99": pct(prep, 99) * 1e3, "n": len(prep)},
+                "prepare_ms": {"p50": pct(prep, 50) * 1e3, "p99": pct(prep, 99) * 1e3, "n": len(prep),
+                               "samples": [round(x * 1e3, 3) for x in prep]},  # the report plots the distribution
                 "repeat_ms": {"p50": pct(rep, 50) * 1e3, "p99": pct(rep, 99) * 1e3},
                 "unprepare_ms": {"p50": pct(unp, 50) * 1e3, "p99": pct(unp, 99) * 1e3},
             }

@@ -680,7 +680,9 @@ def main() -> int:
     md = markdown(results, rows, command, mach, f"{started}, revision {rev}", a.pods)
     print("\n--- Markdown ---\n" + md, flush=True)
     if a.json:
-        a.json.write_text(json.dumps(to_json(results, rows, command, mach, started), indent=2))
+        doc = to_json(results, rows, command, mach, started)
+        doc["markdown"] = md  # the report (bench/report.py) shows this breakdown as the bench renders it
+        a.json.write_text(json.dumps(doc, indent=2))
     return 0
 
 
@@ -719,8 +721,23 @@ def to_json(sizes: list[SizeResult], rows: dict[str, Row], command: str, mach: s
                       "claims_to_bound_s": r.claims_to_bound_s, "load": r.load, "cpu_s": r.cpu_s,
                       "extender_ready_s": r.extender_ready_s, "extender_rss_mib": r.extender_rss_mib}
                      for r in s.runs],
+            "breakdown": breakdown_json(s, rows),
         } for s in sizes],
     }
+
+
+def breakdown_json(size: SizeResult, rows: dict[str, Row]) -> Json:
+    """Per row, pooled over its runs: what sets the rate (the serial algorithm) and the DRA Filter's reach."""
+    out: Json = {}
+    for key in rows:
+        b = Breakdown()
+        for r in (r for r in size.runs if r.row == key):
+            b.add(r)
+        if b.pods:
+            out[key] = {"pods": b.pods, "algorithm_mean_ms": b.algorithm.mean_ms,
+                        "nodes_filtered_per_cycle": b.nodes_filtered_per_cycle(),
+                        "cpu_ms_per_pod": {c: 1000 * v / b.pods for c, v in b.cpu_s.items()}}
+    return out
 
 
 if __name__ == "__main__":
