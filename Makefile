@@ -52,7 +52,7 @@ integration: deps k8s
 e2e: deps k8s containerd
 	$(BIN)/python -m pytest -m e2e tests
 
-bench: deps k8s
+bench: deps k8s ## run every benchmark (20-30 min on 2 cores) and regenerate docs/benchmarks.md and its plots
 	$(BIN)/topodra bench
 
 proto: venv
