@@ -26,6 +26,7 @@ COMMANDS = {
     "local-cluster": "topodra_cli.localcluster_cli",
     "demo": "topodra_cli.demo_cli",
     "bench": "topodra_cli.bench_cli",
+    "conformance": "topodra_cli.conformance_cli",
 }
 
 

@@ -35,6 +35,9 @@ from topodra_cli.localcluster.hostcheck import default_node_name, machine_cannot
 from topodra_cli.localcluster.mounts import mounts_under
 from topodra_cli.localcluster.podspec import real_node_pod
 from topodra_cli.localcluster.realnode import RealNode
+from topodra_cli.testing.fakedevices import DEV_NODES as DEV_NODES  # re-exported: older imports
+from topodra_cli.testing.fakedevices import GPU0, GPU1, make_fake_devices
+from topodra_cli.testing.fakedevices import TOPOLOGY as TOPOLOGY
 from topodra_cli.testing.objects import STD, gpu_nic_template
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
@@ -43,26 +46,6 @@ _CANNOT = machine_cannot()
 if _CANNOT:
     pytestmark.append(pytest.mark.skip(reason="this machine cannot run a real node: " + "; ".join(_CANNOT)))
 
-GPU0 = "GPU-e2e00000-0000-4000-8000-000000000000"
-GPU1 = "GPU-e2e00000-0000-4000-8000-000000000001"
-# gpu-0 alone on pci0000:00; gpu-1 and the only NIC (nic-0, RDMA mlx5_0) on pci0000:80: the aligned
-# GPU + NIC claim can only get gpu-1 + nic-0.
-TOPOLOGY = f"""
-nodes:
-- name: NODE
-  pcieRoots:
-    pci0000:00: {{numaNode: 0}}
-    pci0000:80: {{numaNode: 1}}
-  gpus:
-  - {{pciBusID: "0000:01:00.0", pcieRoot: pci0000:00, uuid: {GPU0}, minor: 0}}
-  - {{pciBusID: "0000:81:00.0", pcieRoot: pci0000:80, uuid: {GPU1}, minor: 1}}
-  nics:
-  - {{pciBusID: "0000:82:00.0", pcieRoot: pci0000:80, ifName: ib0, mac: "02:00:00:00:00:01", rdmaDevice: mlx5_0}}
-"""
-# Host device nodes the driver's specs point at: (path under the dev root, major, minor). Distinct
-# numbers (all harmless memory devices) show which host node each container path came from.
-DEV_NODES = (("nvidia0", 1, 3), ("nvidia1", 1, 5), ("nvidiactl", 1, 7), ("infiniband/uverbs0", 1, 8),
-             ("infiniband/rdma_cm", 1, 9))
 PROBE = (
     "echo ==env; env; echo ==dev; find /dev \\( -type c -o -type b \\) -exec stat -c '%n %t %T' {} \\; ;"
     " echo ==end"
@@ -184,20 +167,9 @@ class Env:
 @pytest.fixture(scope="module")
 def e2e(cluster: LocalCluster) -> Iterator[Env]:
     base = Path(tempfile.mkdtemp(prefix="te2e-", dir="/tmp"))
-    dev, sysfs = base / "dev", base / "sys"
-    for rel, major, minor in DEV_NODES:
-        (dev / rel).parent.mkdir(parents=True, exist_ok=True)
-        os.mknod(dev / rel, stat.S_IFCHR | 0o666, os.makedev(major, minor))
-    verbs = sysfs / "class" / "infiniband_verbs" / "uverbs0"
-    verbs.mkdir(parents=True)
-    (verbs / "ibdev").write_text("mlx5_0\n")
-    (sysfs / "class" / "net" / "ib0").mkdir(parents=True)
-    (sysfs / "class" / "net" / "ib0" / "operstate").write_text("up\n")
     name = default_node_name()
-    (base / "topology.yaml").write_text(TOPOLOGY.replace("NODE", name))
-    node = RealNode(cluster, name, topology=base / "topology.yaml", driver_args=(
-        "--dev-root", str(dev), "--sysfs-root", str(sysfs), "--rediscover-interval", "0",
-    ))
+    fake = make_fake_devices(base, name)
+    node = RealNode(cluster, name, topology=fake.topology, driver_args=fake.driver_args())
     t0 = time.monotonic()
     node.start()
     print(f"real node {node.name} Ready in {time.monotonic() - t0:.1f}s")
