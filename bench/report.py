@@ -2,11 +2,12 @@
 
     .venv/bin/python bench/report.py                 # full sizes, 20-30 minutes on 2 cores; writes docs/
     .venv/bin/python bench/report.py --quick         # smoke sizes (about 2 minutes); writes /tmp/topodra/bench-quick/
-    .venv/bin/python bench/report.py --only gang_planner,extender_latency --out /tmp/b/benchmarks.md
+    .venv/bin/python bench/report.py --only gang_planner   # run one again; the other sections stay as they were
     .venv/bin/python bench/report.py --render-only   # the page again from the JSON of the last run
 
-The page goes to --out, its PNGs to `benchmarks/` beside it, and each script's JSON, log and run record to
-`benchmarks/results/` (kept with the page, so it can be rendered again without a run).
+The page goes to --out, its PNGs to `benchmarks/` beside it, and each script's JSON and run record to
+`benchmarks/results/` (kept with the page, so it can be rendered again without a run); their whole output to
+/tmp/topodra/bench-logs/.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.reportlib import markdown, plots
-from bench.reportlib.runner import ROOT, SPECS, Machine, load_all, run_all
+from bench.reportlib.runner import ROOT, SPECS, Machine, Outcome, load_all, run_all
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
                                info["finished"], info["wall_s"], tuple(info["load_end"]), info["quick"])
     else:
         start, t0 = Machine.now(), time.monotonic()
-        outcomes = run_all(specs, a.quick, results, a.timeout)
+        fresh = {o.key: o for o in run_all(specs, a.quick, results, a.timeout)}
+        # Sections not run this time keep the figures of their last run (each section gives its own date).
+        outcomes = [fresh.get(s.key) or Outcome.load(results / f"{s.key}.meta.json") for s in SPECS
+                    if s.key in fresh or (results / f"{s.key}.meta.json").exists()]
         la = os.getloadavg()
         label = a.label or " ".join(["bench/report.py", *(argv if argv is not None else sys.argv[1:])])
         run = markdown.RunInfo(label, start, Machine.now().date, round(time.monotonic() - t0, 1),
@@ -62,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         if o.data is not None:
             files[o.key] = [p.name for p in plots.draw(o.key, o.data, assets)]
     out.write_text(markdown.render(outcomes, files, run) + "\n")
-    failed = [o.key for o in outcomes if o.rc != 0]
+    for name, text in markdown.stubs().items():
+        (out.parent / name).write_text(text)
+    failed = [o.key for o in outcomes if o.rc != 0]  # in this run or in a section kept from an earlier one
     print(f"\nwrote {out} and {sum(len(v) for v in files.values())} plots in {assets}"
           f"{'; FAILED: ' + ', '.join(failed) if failed else ''}; {run.wall_s / 60:.1f} minutes", flush=True)
     return 1 if failed else 0

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+LOGS = Path("/tmp/topodra/bench-logs")  # each script's whole output; the results directory is committed
 Json = dict[str, Any]
 
 
@@ -121,6 +122,7 @@ class Outcome:
     load_end: tuple[float, float, float]
     data: Json | None = field(default=None, repr=False)
     log_tail: str = ""
+    retried: str = ""  # why the first attempt was discarded, if there was one
 
     def meta(self) -> Json:
         d = asdict(self)
@@ -147,7 +149,8 @@ def run_one(spec: Spec, quick: bool, results: Path, timeout_s: float) -> Outcome
     print(f"\n##### {command}   [{machine.date}; load {machine.load[0]:.2f}]", flush=True)
     tail: list[str] = []
     t0 = time.monotonic()
-    with (results / f"{spec.key}.log").open("w") as log:
+    LOGS.mkdir(parents=True, exist_ok=True)
+    with (LOGS / f"{spec.key}.log").open("w") as log:
         proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / f"{spec.script}.py"), *args,
                                  "--json", str(data_path)], cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -184,9 +187,25 @@ def run_one(spec: Spec, quick: bool, results: Path, timeout_s: float) -> Outcome
     return out
 
 
+# A failure this early is a start-up failure (a port taken by another cluster on a shared machine, say): one
+# more attempt costs little. A later failure is reported as it is.
+RETRY_WITHIN_S = 120.0
+
+
 def run_all(specs: list[Spec], quick: bool, results: Path, timeout_s: float) -> list[Outcome]:
     results.mkdir(parents=True, exist_ok=True)
-    return [run_one(s, quick, results, timeout_s) for s in specs]
+    outcomes = []
+    for s in specs:
+        o = run_one(s, quick, results, timeout_s)
+        if o.rc != 0 and o.wall_s < RETRY_WITHIN_S:
+            last = next((ln for ln in reversed(o.log_tail.splitlines()) if ln.strip()), "")
+            first_s = o.wall_s
+            print(f"##### {s.key} failed after {first_s:.0f} s; trying once more", flush=True)
+            o = run_one(s, quick, results, timeout_s)
+            o.retried = f"the first attempt failed after {first_s:.0f} s: {last[:300]}"
+            (results / f"{s.key}.meta.json").write_text(json.dumps(o.meta(), indent=1) + "\n")
+        outcomes.append(o)
+    return outcomes
 
 
 def load_all(specs: list[Spec], results: Path) -> list[Outcome]:
