@@ -265,7 +265,8 @@ def test_cert_manager_objects() -> None:
     assert certs["t-topodra-extender-tls"]["spec"]["issuerRef"]["name"] == "t-topodra-extender-ca"
     assert not any(d["kind"] == "Secret" for d in docs)
     docs = render("extender.tls.source=certManager", "extender.tls.certManager.skipCheck=true",
-                  "extender.tls.certManager.issuerRef.name=corp", "extender.tls.certManager.issuerRef.kind=ClusterIssuer")
+                  "extender.tls.certManager.issuerRef.name=corp",
+                  "extender.tls.certManager.issuerRef.kind=ClusterIssuer")
     assert not any(d["kind"] == "Issuer" for d in docs)
     assert find(docs, "Certificate")["spec"]["issuerRef"] == {"name": "corp", "kind": "ClusterIssuer",
                                                               "group": "cert-manager.io"}
