@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := gcc runc containernetworking-plugins iproute2 busybox-static util-linux
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: test demo deps apt venv k8s containerd lint unit integration e2e bench proto clean-cluster
+.PHONY: test demo deps apt venv k8s containerd lint unit integration e2e bench proto clean-cluster image
 
 test: deps k8s containerd ## install everything, build Kubernetes and containerd if needed, run every test suite
 	$(BIN)/python -m pytest -v --durations=25 tests
@@ -39,6 +39,9 @@ k8s: ## build the pinned Kubernetes binaries, etcd and helm (cached outside the 
 
 containerd: ## build the pinned containerd, ctr and runc shim for the real-node tests (cached outside the repo)
 	hack/build-containerd.sh
+
+image: deps ## the topodra image without a container engine (OCI tarball in ~/.cache/topodra/image, docs/image.md)
+	$(BIN)/python -m topodra_cli.imagebuild build
 
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/mypy --strict

@@ -10,6 +10,7 @@ The output is deterministic (fixed mtimes, owners and order): the same busybox g
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -17,8 +18,8 @@ import os
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -116,28 +117,77 @@ def _json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
+MEDIA_LAYER_GZIP = MEDIA_LAYER + "+gzip"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer: its uncompressed tar (whose digest is the config's diff_id) and the blob that is shipped."""
+
+    tar: bytes
+    blob: bytes
+    media_type: str
+
+    @staticmethod
+    def of(tar: bytes, *, compress: bool = False) -> Layer:
+        if not compress:
+            return Layer(tar, tar, MEDIA_LAYER)
+        # mtime=0 and no file name in the gzip header: the blob depends on the tar bytes only.
+        buf = io.BytesIO()
+        with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=6) as gz:
+            gz.write(tar)
+        return Layer(tar, buf.getvalue(), MEDIA_LAYER_GZIP)
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """The runtime part of an image config (the OCI `config` object)."""
+
+    entrypoint: Sequence[str] = ()
+    cmd: Sequence[str] = ()
+    env: Sequence[str] = ("PATH=/bin",)
+    user: str = ""
+    workdir: str = "/"
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"Env": list(self.env), "WorkingDir": self.workdir}
+        if self.entrypoint:
+            out["Entrypoint"] = list(self.entrypoint)
+        if self.cmd:
+            out["Cmd"] = list(self.cmd)
+        if self.user:
+            out["User"] = self.user
+        if self.labels:
+            out["Labels"] = dict(self.labels)
+        return out
+
+
 def oci_archive(
-    name: str, layer: bytes, *, entrypoint: Sequence[str] = (), cmd: Sequence[str] = (), arch: str = "amd64"
+    name: str, layer: bytes | Sequence[Layer], *, entrypoint: Sequence[str] = (), cmd: Sequence[str] = (),
+    arch: str = "amd64", config: ImageConfig | None = None, created_by: str = "topodra_cli.localcluster.images",
 ) -> bytes:
-    """An OCI image layout (oci-layout, index.json, blobs/sha256/...) as one tar, naming the image `name`."""
-    config: dict[str, Any] = {
+    """An OCI image layout (oci-layout, index.json, blobs/sha256/...) as one tar, naming the image `name`.
+
+    `layer` is one uncompressed layer tar or a list of layers, bottom first; `config` (when given)
+    replaces `entrypoint` and `cmd`.
+    """
+    layers = [Layer.of(layer)] if isinstance(layer, bytes) else list(layer)
+    cfg = config or ImageConfig(entrypoint=entrypoint, cmd=cmd)
+    config_doc: dict[str, Any] = {
         "architecture": arch,
         "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "WorkingDir": "/"},
-        "rootfs": {"type": "layers", "diff_ids": [_digest(layer)]},
-        "history": [{"created_by": "topodra_cli.localcluster.images", "created": "1970-01-01T00:00:00Z"}],
+        "config": cfg.as_json(),
+        "rootfs": {"type": "layers", "diff_ids": [_digest(la.tar) for la in layers]},
+        "history": [{"created_by": created_by, "created": "1970-01-01T00:00:00Z"} for _ in layers],
         "created": "1970-01-01T00:00:00Z",
     }
-    if entrypoint:
-        config["config"]["Entrypoint"] = list(entrypoint)
-    if cmd:
-        config["config"]["Cmd"] = list(cmd)
-    config_b = _json(config)
+    config_b = _json(config_doc)
     manifest_b = _json({
         "schemaVersion": 2,
         "mediaType": MEDIA_MANIFEST,
         "config": {"mediaType": MEDIA_CONFIG, "digest": _digest(config_b), "size": len(config_b)},
-        "layers": [{"mediaType": MEDIA_LAYER, "digest": _digest(layer), "size": len(layer)}],
+        "layers": [{"mediaType": la.media_type, "digest": _digest(la.blob), "size": len(la.blob)} for la in layers],
     })
     tag = name.rsplit(":", 1)[1] if ":" in name.rsplit("/", 1)[-1] else "latest"
     index_b = _json({
@@ -158,11 +208,23 @@ def oci_archive(
 
         tar.addfile(_tar_info("blobs/", tarfile.DIRTYPE, 0o755))
         tar.addfile(_tar_info("blobs/sha256/", tarfile.DIRTYPE, 0o755))
-        for blob in (layer, config_b, manifest_b):
-            add(f"blobs/sha256/{_digest(blob).split(':', 1)[1]}", blob)
+        seen: set[str] = set()
+        for blob in [la.blob for la in layers] + [config_b, manifest_b]:
+            digest = _digest(blob).split(":", 1)[1]
+            if digest not in seen:  # two equal layers are one blob
+                seen.add(digest)
+                add(f"blobs/sha256/{digest}", blob)
         add("oci-layout", _json({"imageLayoutVersion": "1.0.0"}))
         add("index.json", index_b)
     return out.getvalue()
+
+
+def manifest_digest(tarball: Path) -> str:
+    """The digest of the image's manifest (what `ctr images ls` and a registry show), read from index.json."""
+    with tarfile.open(tarball) as t:
+        f = t.extractfile("index.json")
+        assert f is not None
+        return str(json.loads(f.read())["manifests"][0]["digest"])
 
 
 def _arch() -> str:

@@ -35,7 +35,7 @@ from topodra_cli.localcluster.hostcheck import (
     resolves_to_loopback,
     socket_path_problems,
 )
-from topodra_cli.localcluster.images import build_images, import_images
+from topodra_cli.localcluster.images import Image, build_images, import_images
 from topodra_cli.localcluster.kubeconfig import write_kubeconfig
 from topodra_cli.localcluster.kubelet import kubelet_argv, kubelet_config, record_kernel_tunables
 from topodra_cli.localcluster.mounts import cgroup_mounts
@@ -218,6 +218,10 @@ class RealNode:
     def ctr(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run `ctr` against this node's containerd in the CRI namespace."""
         return self.containerd.ctr(*args, check=check, timeout=timeout)
+
+    def load_image(self, image: Image) -> None:
+        """Import an OCI image tarball (e.g. from `topodra_cli.imagebuild`) into this node's containerd."""
+        import_images(self.containerd.bin_dir / "ctr", str(self.containerd.socket), [image])
 
     def container_tasks(self) -> list[str]:
         return self.containerd.tasks()
