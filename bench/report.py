@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.reportlib import markdown, plots
-from bench.reportlib.runner import ROOT, SPECS, Machine, Outcome, load_all, run_all
+from bench.reportlib.runner import LOGS, ROOT, SPECS, Machine, Outcome, load_all, run_all
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the Markdown page (default docs/benchmarks.md; --quick: /tmp/topodra/bench-quick/)")
     ap.add_argument("--render-only", action="store_true", help="do not run; render from the results directory")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds one script may run before it is stopped")
+    ap.add_argument("--logs", type=Path, default=LOGS, help=f"each script's whole output goes here (default {LOGS})")
     ap.add_argument("--label", default="", help="how the run was started, for the page (default: this command)")
     a = ap.parse_args(argv)
     keys = [k.strip() for k in a.only.split(",") if k.strip()]
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                                info["finished"], info["wall_s"], tuple(info["load_end"]), info["quick"])
     else:
         start, t0 = Machine.now(), time.monotonic()
-        fresh = {o.key: o for o in run_all(specs, a.quick, results, a.timeout)}
+        fresh = {o.key: o for o in run_all(specs, a.quick, results, a.timeout, a.logs)}
         # Sections not run this time keep the figures of their last run (each section gives its own date).
         outcomes = [fresh.get(s.key) or Outcome.load(results / f"{s.key}.meta.json") for s in SPECS
                     if s.key in fresh or (results / f"{s.key}.meta.json").exists()]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-LOGS = Path("/tmp/topodra/bench-logs")  # each script's whole output; the results directory is committed
+LOGS = Path("/tmp/topodra/bench-logs")  # default home of each script's whole output (results/ is committed)
 Json = dict[str, Any]
 
 
@@ -140,7 +140,7 @@ class Outcome:
         return out
 
 
-def run_one(spec: Spec, quick: bool, results: Path, timeout_s: float) -> Outcome:
+def run_one(spec: Spec, quick: bool, results: Path, timeout_s: float, logs: Path = LOGS) -> Outcome:
     args = spec.quick if quick else spec.args
     command = " ".join(["bench/" + spec.script + ".py", *(shlex.quote(a) for a in args)])
     data_path = results / f"{spec.key}.json"
@@ -149,8 +149,8 @@ def run_one(spec: Spec, quick: bool, results: Path, timeout_s: float) -> Outcome
     print(f"\n##### {command}   [{machine.date}; load {machine.load[0]:.2f}]", flush=True)
     tail: list[str] = []
     t0 = time.monotonic()
-    LOGS.mkdir(parents=True, exist_ok=True)
-    with (LOGS / f"{spec.key}.log").open("w") as log:
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / f"{spec.key}.log").open("w") as log:
         proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / f"{spec.script}.py"), *args,
                                  "--json", str(data_path)], cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -192,16 +192,16 @@ def run_one(spec: Spec, quick: bool, results: Path, timeout_s: float) -> Outcome
 RETRY_WITHIN_S = 120.0
 
 
-def run_all(specs: list[Spec], quick: bool, results: Path, timeout_s: float) -> list[Outcome]:
+def run_all(specs: list[Spec], quick: bool, results: Path, timeout_s: float, logs: Path = LOGS) -> list[Outcome]:
     results.mkdir(parents=True, exist_ok=True)
     outcomes = []
     for s in specs:
-        o = run_one(s, quick, results, timeout_s)
+        o = run_one(s, quick, results, timeout_s, logs)
         if o.rc != 0 and o.wall_s < RETRY_WITHIN_S:
             last = next((ln for ln in reversed(o.log_tail.splitlines()) if ln.strip()), "")
             first_s = o.wall_s
             print(f"##### {s.key} failed after {first_s:.0f} s; trying once more", flush=True)
-            o = run_one(s, quick, results, timeout_s)
+            o = run_one(s, quick, results, timeout_s, logs)
             o.retried = f"the first attempt failed after {first_s:.0f} s: {last[:300]}"
             (results / f"{s.key}.meta.json").write_text(json.dumps(o.meta(), indent=1) + "\n")
         outcomes.append(o)

@@ -1,5 +1,7 @@
-"""Every benchmark still runs end to end (tiny sizes) and prints sane figures: a figure in docs/ must stay
-reproducible, and a NaN, a zero or a negative time printed where a measurement belongs is a broken benchmark.
+"""`make bench`'s report runs end to end at its quick sizes (`bench/report.py --quick`, about 2 minutes), and every
+benchmark in it prints sane figures: a figure in docs/ must stay reproducible, and a NaN, a zero or a negative time
+printed where a measurement belongs is a broken benchmark. The report run happens once per module; each test reads
+one script's output (its log) and JSON from it.
 
 The bounds are physical, not performance targets: times are positive and shorter than the run, memory is
 more than an empty interpreter and less than the machine, rates are positive, p50 <= p99.
@@ -13,6 +15,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +39,32 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
 }
 
 
-def _run(name: str, *args: str) -> str:
-    r = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *args],
-                       capture_output=True, text=True, timeout=TIMEOUT, check=False)
-    assert r.returncode == 0, f"bench/{name}.py failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
-    return r.stdout
+@dataclass(frozen=True)
+class QuickRun:
+    out: Path  # the Markdown page; plots in out.parent / "benchmarks"
+    rc: int
+    stdout: str
+
+    def text(self, name: str) -> str:
+        return (self.out.parent / "logs" / f"{name}.log").read_text()
+
+    def json(self, name: str) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads((self.out.parent / "benchmarks" / "results" / f"{name}.json").read_text())
+        return doc
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
+    d = tmp_path_factory.mktemp("bench-quick")
+    r = subprocess.run([sys.executable, str(BENCH / "report.py"), "--quick", "--out", str(d / "benchmarks.md"),
+                        "--logs", str(d / "logs")], capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    return QuickRun(d / "benchmarks.md", r.returncode, r.stdout[-4000:] + r.stderr[-3000:])
+
+
+def _run(quick: QuickRun, name: str) -> str:
+    meta = json.loads((quick.out.parent / "benchmarks" / "results" / f"{name}.meta.json").read_text())
+    assert meta["rc"] == 0, f"bench/{name}.py failed:\n{meta['log_tail']}"
+    return quick.text(name)
 
 
 def number(text: str) -> float:
@@ -113,10 +137,20 @@ def printed_json(text: str) -> dict[str, Any]:
     return doc
 
 
-def test_driver_publish(tmp_path: Path) -> None:
-    out = tmp_path / "r.json"
-    text = _run("driver_publish", "--nodes", "20", "--runs", "1", "--json", str(out))
-    r = json.loads(out.read_text())
+def test_report(quick: QuickRun) -> None:
+    """The page has every section, no failure, and a valid PNG per plot it shows."""
+    assert quick.rc == 0, quick.stdout
+    md = quick.out.read_text()
+    assert "**Quick mode**" in md and "failed in this run" not in md
+    images = [ln.split("](", 1)[1].rstrip(")") for ln in md.splitlines() if ln.startswith("![")]
+    assert len(images) == 7, images
+    for rel in images:
+        assert (quick.out.parent / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", rel
+
+
+def test_driver_publish(quick: QuickRun) -> None:
+    text = _run(quick, "driver_publish")
+    r = quick.json("driver_publish")
     assert printed_json(text) == r
     check_json(r)
     assert r["slices"] == 20
@@ -128,10 +162,9 @@ def test_driver_publish(tmp_path: Path) -> None:
         check(f"printed {k}", number(v), "s")
 
 
-def test_driver_rss(tmp_path: Path) -> None:
-    out = tmp_path / "r.json"
-    text = _run("driver_rss", "--runs", "1", "--settle", "1", "--json", str(out))
-    r = json.loads(out.read_text())
+def test_driver_rss(quick: QuickRun) -> None:
+    text = _run(quick, "driver_rss")
+    r = quick.json("driver_rss")
     assert printed_json(text) == r
     check_json(r)
     assert r["python-baseline"]["rss_mib_median"] < r["file"]["rss_mib_median"] < r["file+plugin"]["rss_mib_median"]
@@ -142,11 +175,9 @@ def test_driver_rss(tmp_path: Path) -> None:
         assert number(rss) <= number(peak), (rss, peak)
 
 
-def test_kubelet_plugin(tmp_path: Path) -> None:
-    out = tmp_path / "r.json"
-    text = _run("kubelet_plugin", "--rounds", "6", "--claims", "2", "--restarts", "1", "--parallel-claims", "4",
-                "--json", str(out))
-    r = json.loads(out.read_text())
+def test_kubelet_plugin(quick: QuickRun) -> None:
+    text = _run(quick, "kubelet_plugin")
+    r = quick.json("kubelet_plugin")
     check_json(r)
     assert "1-device" in r
     m = re.search(rf"start -> registered: median ({NUM}) s, max ({NUM}) s", text)
@@ -172,8 +203,11 @@ def test_kubelet_plugin(tmp_path: Path) -> None:
     assert number(m[1]) <= number(m[2])
 
 
-def test_extender_latency() -> None:
-    text = _run("extender_latency", "--sizes", "200", "--requests", "5")
+def test_extender_latency(quick: QuickRun) -> None:
+    text = _run(quick, "extender_latency")
+    sizes = {s["nodes"]: s for s in quick.json("extender_latency")["sizes"]}
+    assert sorted(sizes[200]["calls"]) == ["extender filter", "extender prioritize", "trivial filter",
+                                           "trivial prioritize"]
     rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in text.splitlines()
             if re.match(r"\| 200 \|", ln)]
     assert sorted(r[1] for r in rows) == ["extender filter", "extender prioritize", "trivial filter",
@@ -200,8 +234,9 @@ def test_extender_latency() -> None:
 THROUGHPUT_UNITS = {"pods/s": "per_s", "s": "s", "ms": "ms", "MiB": "MiB", "ratio": "per_s"}
 
 
-def test_scheduler_throughput() -> None:
-    text = _run("scheduler_throughput", "--nodes", "20", "--pods", "6")
+def test_scheduler_throughput(quick: QuickRun) -> None:
+    text = _run(quick, "scheduler_throughput")
+    assert {r["row"] for r in quick.json("scheduler_throughput")["sizes"][0]["runs"]} == {"a", "b", "c"}
     figures = {m[1]: (number(m[2]), m[3])
                for m in re.finditer(rf"^([\w.+/-]+): ({NUM}) (\S+)$", text, re.MULTILINE)}
     rates = {k: v for k, (v, unit) in figures.items() if unit == "pods/s"}
@@ -218,9 +253,10 @@ def test_scheduler_throughput() -> None:
             assert v <= figures[name[:-3] + "p99"][0], name
 
 
-def test_gang_throughput() -> None:
+def test_gang_throughput(quick: QuickRun) -> None:
     # 12 one-GPU members need two nodes of 8 GPUs, so one rack is the smallest domain that fits.
-    text = _run("gang_throughput", "--nodes", "20", "--gang-size", "12")
+    text = _run(quick, "gang_throughput")
+    assert quick.json("gang_throughput")["gang_size"] == 12
     figures = {m[1]: (number(m[2]), m[3])
                for m in re.finditer(rf"^([\w.+/-]+): ({NUM}) (\S+)$", text, re.MULTILINE)}
     for name, (v, unit) in figures.items():
@@ -237,12 +273,10 @@ def test_gang_throughput() -> None:
     assert "| **last create → all bound** |" in text, text
 
 
-def test_gang_planner(tmp_path: Path) -> None:
-    # In process, no cluster: 100 nodes; 4 aligned members fit on one node, 32 need a rack.
-    out = tmp_path / "r.json"
-    text = _run("gang_planner", "--nodes", "100", "--gangs", "4,32", "--repeats", "3", "--pods", "4",
-                "--json", str(out))
-    check_json(json.loads(out.read_text()))
+def test_gang_planner(quick: QuickRun) -> None:
+    # In process, no cluster: 100 and 300 nodes; 4 aligned members fit on one node, 32 need a rack.
+    text = _run(quick, "gang_planner")
+    check_json(quick.json("gang_planner"))
     figures = {m[1]: (number(m[2]), m[3])
                for m in re.finditer(rf"^([\w.+/-]+): ({NUM}) (\S+)$", text, re.MULTILINE)}
     for name, (v, unit) in figures.items():
@@ -252,4 +286,4 @@ def test_gang_planner(tmp_path: Path) -> None:
         assert f"{key}.cold" in figures and f"{key}.cpu_median" in figures, text
     assert re.search(r"^gang_plan\.n100\.g4: placed in node node-\d+ on 1 nodes$", text, re.MULTILINE), text
     assert re.search(r"^gang_plan\.n100\.g32: placed in rack r\d+ on \d+ nodes$", text, re.MULTILINE), text
-    assert len(re.findall(r"^\| (plan_gang|best_node)", text, re.MULTILINE)) == 3, text
+    assert len(re.findall(r"^\| (plan_gang|best_node)", text, re.MULTILINE)) == 8, text  # 2 sizes x (3 gangs + 1)
