@@ -106,10 +106,12 @@ def _negative(ctx: Context, st: _State, t: T) -> None:
 
     def held() -> str:
         extra = {d: c for d, c in allocated_devices(ctx, nodes).items() if d not in st.before}
-        return ", ".join(f"{p}/{d} by {c}" for (p, d), c in sorted(extra.items()))
+        pods = [p["metadata"]["name"] for p in job_pods(ctx, st.ns, "pos-job")]
+        return "; ".join(filter(None, [", ".join(f"{p}/{d} held by claim {c}" for (p, d), c in sorted(extra.items())),
+                                       f"pods {', '.join(pods)} left" if pods else ""]))
 
-    wait_for(lambda: not job_pods(ctx, st.ns, "pos-job") and not held(), ctx.opts.timeout,
-             "the devices of pos-job to be free", held)
+    delete(ctx.client, st.ns, "jobs", "pos-job")  # whatever became of it, its pods must not hold devices now
+    wait_for(lambda: not held(), ctx.opts.timeout, "the devices of pos-job to be free", held)
     create(ctx.client, st.ns, "resourceclaimtemplates",
            claim_template("node-of-gpus", [Request("gpus", GPU_CLASS, k)]))
     create(ctx.client, st.ns, "jobs", job("neg-job", size, PodShape(

@@ -16,7 +16,7 @@ from kubeaccess.sync import path_escape
 from topodra_cli.conformance.inventory import Inventory, read_inventory
 from topodra_cli.conformance.kube import Client, get, wait_for
 from topodra_cli.conformance.model import CheckFailed, Options
-from topodra_cli.conformance.workloads import Placement
+from topodra_cli.conformance.workloads import HOSTNAME, Placement
 
 RUN_LABEL = "topodra.dev/conformance-run"
 
@@ -83,7 +83,10 @@ class Context:
         use = nodes if nodes is not None else inv.candidates()
         if not use and not node_name:
             raise CheckFailed("no node to run on: " + describe_no_candidates(inv))
-        return Placement(use, inv.tolerations(use or [node_name]), node_name)
+        unlabelled = [n for n in use if HOSTNAME not in inv.nodes[n].labels]
+        if unlabelled:
+            raise CheckFailed(f"nodes {', '.join(unlabelled)} have no {HOSTNAME} label to select them by")
+        return Placement([inv.nodes[n].labels[HOSTNAME] for n in use], inv.tolerations(use or [node_name]), node_name)
 
 
 def describe_no_candidates(inv: Inventory) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from kubeaccess.sync import Json
 from topodra_cli.conformance.model import Options
 
+HOSTNAME = "kubernetes.io/hostname"
 # Backticks, not $(...): the kubelet expands $(NAME) in commands. `sleep & wait` so SIGTERM ends it at once.
 PROBE = (
     "echo RESULT: ACCELERATOR_COUNT=`ls /dev 2>/dev/null | grep -c '^nvidia[0-9][0-9]*$'`; "
@@ -38,19 +39,22 @@ def parse_probe(log: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where pods may go: one of `nodes` through the scheduler, or straight onto `node_name`."""
+    """Where pods may go: one of the nodes labelled with `hostnames` through the scheduler, or straight onto
+    `node_name`."""
 
-    nodes: Sequence[str]
+    hostnames: Sequence[str]
     tolerations: Sequence[Json] = ()
     node_name: str = ""
 
     def apply(self, spec: Json) -> None:
         if self.node_name:
             spec["nodeName"] = self.node_name
-        elif self.nodes:
+        elif self.hostnames:
+            # By hostname label, not matchFields on metadata.name: topodra's extender does not plan pods
+            # with matchFields (it leaves them to kube-scheduler), so a gang of them would never be placed.
             spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [{"matchFields": [
-                    {"key": "metadata.name", "operator": "In", "values": sorted(self.nodes)}]}]}}}
+                "nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": HOSTNAME, "operator": "In", "values": sorted(self.hostnames)}]}]}}}
         if self.tolerations:
             spec["tolerations"] = [dict(t) for t in self.tolerations]
 
