@@ -98,6 +98,7 @@ class DriverApp:
         self.fleet_runs = 0
         self.fleet_ready = threading.Event()
         self.no_gpus: str | None = None  # why the nvml backend found no GPU (readiness says it)
+        self._no_gpus_lock = threading.Lock()
         self.probes: ProbeServer | None = None
 
     # ---- control ----------------------------------------------------------------------------------
@@ -187,8 +188,10 @@ class DriverApp:
 
     def _note_no_gpus(self, why: str | None) -> None:
         """One error line when GPUs go missing (or the reason changes), one info line when they come back."""
-        if why == self.no_gpus:
-            return
+        with self._no_gpus_lock:  # the publish loop and the plugin's first lookup may both discover at start
+            if why == self.no_gpus:
+                return
+            previous, self.no_gpus = self.no_gpus, why
         if why is not None:
             log.error(
                 "no_gpus",
@@ -197,8 +200,7 @@ class DriverApp:
                 effect="publishing the node's other devices only; not ready",
             )
         else:
-            log.info("gpus_found", previous_reason=self.no_gpus)
-        self.no_gpus = why
+            log.info("gpus_found", previous_reason=previous)
 
     def _topology_for_plugin(self, bcfg: BackendConfig) -> NodeTopology:
         current = self._raw_topology
