@@ -64,6 +64,7 @@ class ClusterState:
     generic_workload: bool = False  # upstream workload-aware (gang) scheduling: GenericWorkload + its API group
     scheduler_base: dict[str, Any] | None = None  # the user's KubeSchedulerConfiguration, before harness additions
     leader_elect: bool = False
+    scheduler_wrap: list[str] = field(default_factory=list)
 
 
 class LocalCluster:
@@ -339,7 +340,7 @@ class LocalCluster:
             f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
             "--bind-address=127.0.0.1", f"--secure-port={st.scheduler_port}",
             f"--feature-gates={gate_flag(self.version, st.generic_workload)}",
-        )))
+        ), wrap=tuple(st.scheduler_wrap)))
         self._wait_http(f"https://127.0.0.1:{st.scheduler_port}/healthz", "kube-scheduler", tls=False, timeout=60)
 
     def set_scheduler_config(
@@ -356,16 +357,21 @@ class LocalCluster:
         self.procs.stop("kube-scheduler")
         self._start_scheduler()
 
-    def set_scheduler_base(self, base: Path | Mapping[str, Any] | None, *, leader_elect: bool = False) -> None:
+    def set_scheduler_base(
+        self, base: Path | Mapping[str, Any] | None, *, leader_elect: bool = False, wrap: Sequence[str] = ()
+    ) -> None:
         """Restart kube-scheduler from another base configuration, e.g. one a Helm chart rendered.
 
         Only the credentials are the harness's; with `leader_elect` the scheduler holds its Lease
-        (kube-system/kube-scheduler unless the base names another), as kubeadm's does.
+        (kube-system/kube-scheduler unless the base names another), as kubeadm's does. `wrap` runs it
+        in a node's mount namespace (`nodens.enter`): a control-plane node's scheduler reads files that
+        pods of that node wrote into its host paths.
         """
         assert self.state is not None
         self.state.scheduler_base = _scheduler_base(base)
         self.state.extenders = []
         self.state.leader_elect = leader_elect
+        self.state.scheduler_wrap = list(wrap)
         self._save_state()
         self.procs.stop("kube-scheduler")
         self._start_scheduler()
