@@ -615,7 +615,8 @@ def main() -> int:
     ap.add_argument("--nodes", default="1000", help="node counts, comma-separated (one fresh cluster each)")
     ap.add_argument("--pods", type=int, default=100, help="DRA pods per run")
     ap.add_argument("--repeats", type=int, default=1, help="times the row sequence runs per node count")
-    ap.add_argument("--rows", default="", help="row sequence per repeat (default a,c,b,a; a,b,a without c)")
+    ap.add_argument("--rows", default="", help="row sequence per repeat (default a,c,b,a; a,b,a without c); per node "
+                    "count: '1000=a,c,b,a;5000=a,b' ((c) at 100 %% of 5,000 nodes takes minutes per row)")
     ap.add_argument("--row-timeout", type=float, default=1800, help="seconds for one row's pods to bind")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     a = ap.parse_args()
@@ -628,7 +629,8 @@ def main() -> int:
     out("machine.nproc", os.cpu_count() or 0, "cores", 0)
     percentage_b = int(scheduler_config(SchedulerSettings()).get("percentageOfNodesToScore") or 0)
     rows = rows_for(percentage_b)
-    order = [x.strip() for x in (a.rows or ("a,c,b,a" if percentage_b else "a,b,a")).split(",") if x.strip()]
+    orders = row_orders(a.rows or ("a,c,b,a" if percentage_b else "a,b,a"), sizes_wanted)
+    order = [k for o in orders.values() for k in o]
     if unknown := [x for x in order if x not in rows]:
         raise SystemExit(f"--rows: unknown rows {unknown}; known: {sorted(rows)}")
     for r in (rows[k] for k in dict.fromkeys(order)):
@@ -649,7 +651,7 @@ def main() -> int:
             size = SizeResult(n, t_nodes, t_slices)
             seen: dict[str, int] = {}
             for rep in range(1, a.repeats + 1):
-                for key in order:
+                for key in orders[n]:
                     seen[key] = seen.get(key, 0) + 1
                     ns = f"tp-{key}-{seen[key]}"
                     res = run_row(cluster, client, ext, rows[key], ns, a.pods, a.row_timeout)
@@ -684,6 +686,19 @@ def main() -> int:
         doc["markdown"] = md  # the report (bench/report.py) shows this breakdown as the bench renders it
         a.json.write_text(json.dumps(doc, indent=2))
     return 0
+
+
+def row_orders(spec: str, sizes: list[int]) -> dict[int, list[str]]:
+    """`a,b,a` for every node count, or `N=a,c,b,a;M=a,b` per node count (each listed count must be run)."""
+    def seq(text: str) -> list[str]:
+        return [x.strip() for x in text.split(",") if x.strip()]
+
+    if "=" not in spec:
+        return {n: seq(spec) for n in sizes}
+    per = {int(n): seq(rows) for n, rows in (part.split("=", 1) for part in spec.split(";") if part.strip())}
+    if missing := [n for n in sizes if n not in per]:
+        raise SystemExit(f"--rows: no row sequence for {missing} nodes")
+    return {n: per[n] for n in sizes}
 
 
 def summarize(size: SizeResult, rows: dict[str, Row]) -> None:

@@ -92,13 +92,19 @@ def scheduler_throughput(data: Json, path: Path) -> Path | None:
     for i, s in enumerate(sizes):
         for j, k in enumerate(keys):
             runs = [r["pods_per_s"] for r in s["runs"] if r["row"] == k]
+            base = [r["pods_per_s"] for r in s["runs"] if r["row"] == "a"]
             if runs:
                 label = f"({k}) {data['rows'][k]['label']}" if i == 0 else None
-                _bars_with_runs(ax, i + (j - (len(keys) - 1) / 2) * width, runs, ROW_COLORS[k], label, width)
+                x = i + (j - (len(keys) - 1) / 2) * width
+                _bars_with_runs(ax, x, runs, ROW_COLORS[k], label, width)
+                if k != "a" and base:
+                    r = statistics.median(runs) / statistics.median(base)
+                    ax.annotate(f"{r:.2f} of (a)", (x, max(runs)), ha="center", va="bottom", fontsize=8,
+                                xytext=(0, 3), textcoords="offset points")
     ax.set_xticks(range(len(sizes)), [f"{s['nodes']:,} nodes" for s in sizes])
     ax.set_ylabel("pods bound per second (bar: median; dots: runs)")
     ax.set_title("kube-scheduler throughput, DRA pods (1 GPU + 1 NIC each)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=1)
     ax.grid(True, axis="y", alpha=0.3)
     return _save(fig, path)
 
