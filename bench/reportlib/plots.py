@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only, no display; before pyplot is imported
 
@@ -35,6 +36,12 @@ def _bars_with_runs(ax: Axes, x: float, runs: list[float], color: str, label: st
     ax.scatter([x] * len(runs), runs, color="black", s=12, zorder=3)
 
 
+def _ticks(ax: Axes, xs: list[int]) -> None:
+    """The measured sizes as plain numbers on a log axis (not 10^3 or 2^6)."""
+    ax.set_xticks(xs, [f"{x:,}" for x in xs])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
 def extender_latency(data: Json, path: Path) -> Path | None:
     sizes = sorted(data.get("sizes", []), key=lambda s: s["nodes"])
     if not sizes:
@@ -49,6 +56,8 @@ def extender_latency(data: Json, path: Path) -> Path | None:
         ax.plot(nodes, p99, "s--", color=color, label=f"{call} p99", alpha=0.7)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _ticks(ax, nodes)
+    ax.axhline(5, color="#d62728", alpha=0.5, label="target p99 5 ms (at 5,000 nodes)")
     ax.set_xlabel("nodes in the request (8 GPUs + 8 NICs each)")
     ax.set_ylabel("server-side time per call, ms")
     ax.set_title("Extender latency against node count (trivial handler = HTTP + JSON baseline)")
@@ -71,11 +80,14 @@ def gang_plan(data: Json, path: Path) -> Path | None:
                 label=f"{n:,} nodes: median CPU")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    _ticks(ax, sorted({r["gang"] for r in rows}))
+    ax.axhline(1000, color="#d62728", alpha=0.5, label="target 1 s (1,024 pods, 5,000 nodes)")
     ax.set_xlabel("gang size (pods, 1 GPU + 1 NIC on one PCIe root each)")
     ax.set_ylabel("plan_gang time, ms")
     ax.set_title("Gang plan time against gang size")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.set_ylim(top=4000)  # room for the legend above the target line
+    ax.legend(fontsize=7, loc="upper left", ncol=3)
     return _save(fig, path)
 
 
