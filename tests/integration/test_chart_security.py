@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -492,3 +493,163 @@ def test_own_scheduler_account_has_what_kube_scheduler_needs(installed_own: Inst
     for u in EXTENDER_USES:
         c = _concrete(u, f"{installed_own.namespace}/{installed_own.release}-topodra-scheduler")
         assert _allowed(api, *c)[0], c
+
+
+# ---- client certificates, end to end with kube-scheduler ------------------------------------------
+
+
+def _token_kubeconfig(cluster: LocalCluster, token: str, path: Path) -> Path:
+    import base64
+
+    ca = base64.b64encode((cluster.pki_dir / "ca.crt").read_bytes()).decode()
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "c", "cluster": {"server": cluster.server, "certificate-authority-data": ca}}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa"}}]}))
+    return path
+
+
+def _secret_files(cluster: LocalCluster, ns: str, name: str, out: Path) -> dict[str, Path]:
+    import base64
+
+    from kubernetes import client
+
+    data = client.CoreV1Api(cluster.api_client()).read_namespaced_secret(name, ns).data
+    files = {}
+    for key, value in data.items():
+        files[key] = out / f"{name}-{key}"
+        files[key].write_bytes(base64.b64decode(value))
+    return files
+
+
+def _get(url: str, ca: Path, cert: tuple[Path, Path] | None = None, body: bytes | None = None) -> tuple[int, str]:
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    ctx = ssl.create_default_context(cafile=str(ca))
+    if cert is not None:
+        ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_client_certificate_end_to_end_with_kube_scheduler(cluster: LocalCluster, tmp_path: Path) -> None:
+    """Mode own as installed: kube-scheduler with the chart's configuration and the chart's service
+    account (leader election on the chart's Lease) calls the extender, run with the chart's flags, over
+    TLS with the chart's client certificate; a pod that opts in is bound through it. A caller without
+    the certificate is refused."""
+    import os
+    import subprocess
+    import sys
+
+    from kubernetes import client
+
+    from topodra_cli.localcluster.processes import free_port
+
+    sched_name = f"topodra-{uuid.uuid4().hex[:6]}"
+    gen = _install(cluster, "scheduler.mode=own", "extender.tls.clientAuth=true", f"scheduler.name={sched_name}")
+    inst = next(gen)
+    procs: list[subprocess.Popen[bytes]] = []
+    node = f"cc-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(cluster.api_client())
+    try:
+        ns, rel = inst.namespace, inst.release
+        account = f"{rel}-topodra-scheduler"
+        kubeconfig = _token_kubeconfig(cluster, inst.token(account), tmp_path / "sa.kubeconfig")
+        # What the pod would mount, taken from the installed objects.
+        srv = _secret_files(cluster, ns, f"{rel}-topodra-extender-tls", tmp_path)
+        cli = _secret_files(cluster, ns, f"{rel}-topodra-extender-client-tls", tmp_path)
+        cm = core.read_namespaced_config_map(f"{rel}-topodra-scheduler-config", ns).data
+        cfg = yaml.safe_load(cm["kube-scheduler-config.yaml"])
+        got = kubectl(cluster, "-n", ns, "get", "deploy", f"{rel}-topodra-scheduler", "-o", "yaml")
+        dep = yaml.safe_load(got.stdout)
+        sidecar = next(c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "extender")
+        port = free_port()
+        ext_config = tmp_path / "extender.yaml"
+        ext_config.write_text(core.read_namespaced_config_map(f"{rel}-topodra-extender-config", ns).data["config.yaml"])
+        # The pod's paths become this machine's files; every other flag is the chart's.
+        replace = {"--port": str(port), "--listen": "127.0.0.1", "--tls-cert": str(srv["tls.crt"]),
+                   "--tls-key": str(srv["tls.key"]), "--client-ca": str(cli["ca.crt"]), "--config": str(ext_config)}
+        args = []
+        for a in sidecar["args"]:
+            flag = a.split("=", 1)[0]
+            args.append(f"{flag}={replace[flag]}" if flag in replace else a)
+        assert f"--follow-lease={ns}/{rel}-topodra-scheduler" in args and f"--scheduler-name={sched_name}" in args
+        ext_log = (tmp_path / "extender.log").open("ab")
+        procs.append(subprocess.Popen([str(Path(sys.executable).with_name("topodra")), *args,
+                                       f"--kubeconfig={kubeconfig}"], stdout=ext_log, stderr=subprocess.STDOUT,
+                                      env=dict(os.environ)))
+        cfg["clientConnection"]["kubeconfig"] = str(kubeconfig)
+        ext = cfg["extenders"][0]
+        assert ext["urlPrefix"] == f"https://127.0.0.1:{sidecar_port(sidecar)}/v1"
+        ext["urlPrefix"] = f"https://127.0.0.1:{port}/v1"
+        ext["tlsConfig"] = {"serverName": ext["tlsConfig"]["serverName"], "caFile": str(srv["ca.crt"]),
+                            "certFile": str(cli["tls.crt"]), "keyFile": str(cli["tls.key"])}
+        sched_cfg = tmp_path / "sched.yaml"
+        sched_cfg.write_text(yaml.safe_dump(cfg))
+        sched_log = (tmp_path / "scheduler.log").open("ab")
+        procs.append(subprocess.Popen([str(cluster.bin_dir / "kube-scheduler"), f"--config={sched_cfg}",
+                                       "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
+                                       f"--authentication-kubeconfig={kubeconfig}",
+                                       f"--authorization-kubeconfig={kubeconfig}", "--v=2"],
+                                      stdout=sched_log, stderr=subprocess.STDOUT))
+        base = f"https://127.0.0.1:{port}"
+
+        def logs() -> str:
+            return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+                             for p in (tmp_path / "extender.log", tmp_path / "scheduler.log"))
+
+        # Active once the chart's kube-scheduler leads its Lease (same host name: the extender follows it).
+        deadline = time.monotonic() + 90
+        while _safe_get(f"{base}/readyz", srv["ca.crt"])[0] != 200:
+            assert all(p.poll() is None for p in procs), logs()
+            assert time.monotonic() < deadline, "extender never became active:\n" + logs()
+            time.sleep(0.5)
+        cluster.add_fake_node(node, {"topodra.dev/client-cert-test": node})
+        core.create_namespaced_pod(ns, {
+            "metadata": {"name": "opted-in"},
+            "spec": {"schedulerName": sched_name, "nodeSelector": {"topodra.dev/client-cert-test": node},
+                     "containers": [{"name": "c", "image": "stand-in:never-run"}]}})
+        deadline = time.monotonic() + 60
+        while not (core.read_namespaced_pod("opted-in", ns).spec.node_name):
+            assert time.monotonic() < deadline, "pod not bound by the chart's scheduler:\n" + logs()
+            time.sleep(0.5)
+        assert core.read_namespaced_pod("opted-in", ns).spec.node_name == node
+        metrics = _get(f"{base}/metrics", srv["ca.crt"])[1]
+        filters = [ln for ln in metrics.splitlines()
+                   if ln.startswith("topodra_extender_requests_total") and 'verb="filter"' in ln and 'code="200"' in ln]
+        assert filters and float(filters[0].split()[-1]) >= 1, metrics
+        # Without the client certificate the verbs are refused (the probes stay open).
+        body = b'{"Pod": {"metadata": {"name": "x", "namespace": "y"}}, "NodeNames": []}'
+        code, text = _get(f"{base}/v1/filter", srv["ca.crt"], body=body)
+        assert code == 403 and "client certificate" in text
+        code, _ = _get(f"{base}/v1/filter", srv["ca.crt"], (cli["tls.crt"], cli["tls.key"]), body=body)
+        assert code == 200
+    finally:
+        for p in procs:
+            p.terminate()
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        with contextlib.suppress(client.ApiException):
+            core.delete_node(node)
+        with contextlib.suppress(StopIteration):
+            next(gen)
+
+
+def sidecar_port(container: dict[str, Any]) -> int:
+    return int(next(a for a in container["args"] if a.startswith("--port=")).split("=", 1)[1])
+
+
+def _safe_get(url: str, ca: Path) -> tuple[int, str]:
+    try:
+        return _get(url, ca)
+    except OSError:
+        return 0, ""
