@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.reportlib import markdown, plots
-from bench.reportlib.runner import LOGS, ROOT, SPECS, Machine, Outcome, load_all, run_all
+from bench.reportlib.runner import LOGS, ROOT, SPECS, LoadSampler, Machine, Outcome, load_all, run_all
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,17 +50,19 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = load_all(specs, results)
         info = json.loads(run_path.read_text())
         run = markdown.RunInfo(info["command"], Machine(**{**info["start"], "load": tuple(info["start"]["load"])}),
-                               info["finished"], info["wall_s"], tuple(info["load_end"]), info["quick"])
+                               info["finished"], info["wall_s"], tuple(info["load_end"]), info["quick"],
+                               tuple(info.get("load_samples", ())))
     else:
         start, t0 = Machine.now(), time.monotonic()
-        fresh = {o.key: o for o in run_all(specs, a.quick, results, a.timeout, a.logs)}
+        with LoadSampler() as load:
+            fresh = {o.key: o for o in run_all(specs, a.quick, results, a.timeout, a.logs)}
         # Sections not run this time keep the figures of their last run (each section gives its own date).
         outcomes = [fresh.get(s.key) or Outcome.load(results / f"{s.key}.meta.json") for s in SPECS
                     if s.key in fresh or (results / f"{s.key}.meta.json").exists()]
         la = os.getloadavg()
         label = a.label or " ".join(["bench/report.py", *(argv if argv is not None else sys.argv[1:])])
         run = markdown.RunInfo(label, start, Machine.now().date, round(time.monotonic() - t0, 1),
-                               (la[0], la[1], la[2]), a.quick)
+                               (la[0], la[1], la[2]), a.quick, tuple(load.samples))
         run_path.write_text(json.dumps({**run.__dict__, "start": start.__dict__}, indent=1) + "\n")
     files: dict[str, list[str]] = {}
     for o in outcomes:

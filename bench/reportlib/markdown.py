@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ class RunInfo:
     wall_s: float
     load_end: tuple[float, float, float]
     quick: bool
+    load_samples: tuple[float, ...] = ()  # the 1-minute load average every 15 s during the run
 
 
 # Pages that used to hold hand-kept figures; other docs and code comments link to them, so they stay, generated,
@@ -112,7 +114,10 @@ def render(outcomes: list[Outcome], plot_files: dict[str, list[str]], run: RunIn
         f"**This run**: `{run.command}`, started {run.start.date}, finished {run.finished}, "
         f"**{run.wall_s / 60:.1f} minutes** in all; revision {run.start.revision}; {run.start.cores} cores "
         f"({run.start.cpu_model}), {run.start.memory_gib:.1f} GiB memory; **load average (1 / 5 / 15 min) {la} at "
-        f"the start, {le} at the end**.", ""]
+        f"the start, {le} at the end**" + (
+            f"; sampled every 15 s during the run, the 1-minute load average was {min(run.load_samples):.2f} at "
+            f"least, {statistics.median(run.load_samples):.2f} at the median and **{max(run.load_samples):.2f} at "
+            "most**" if run.load_samples else "") + ".", ""]
     if run.quick:
         head += ["> **Quick mode** (`--quick`): smoke-test sizes. The figures only show that every script runs; "
                  "they say nothing about the targets.", ""]

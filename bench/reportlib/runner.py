@@ -104,10 +104,11 @@ def revision() -> str:
                               check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "driver",
                                 "scheduler_plugin", "kubeaccess", "topodra_cli", "bench"],
-                               cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+                               cwd=ROOT, capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return f"{head} + uncommitted changes" if dirty else head
+    where = sorted({line[3:].split("/", 1)[0] for line in dirty.splitlines() if line.strip()})
+    return f"{head} + uncommitted changes in {', '.join(where)}" if where else head
 
 
 @dataclass
@@ -186,6 +187,30 @@ def run_one(spec: Spec, quick: bool, results: Path, timeout_s: float, logs: Path
         out.rc, out.log_tail = 1, out.log_tail + f"\n(no JSON written to {data_path})"
     (results / f"{spec.key}.meta.json").write_text(json.dumps(out.meta(), indent=1) + "\n")
     return out
+
+
+class LoadSampler:
+    """The 1-minute load average every `every` seconds while the benchmarks run: how busy the shared machine was."""
+
+    def __init__(self, every: float = 15.0) -> None:
+        self.samples: list[float] = []
+        self._every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="load-sampler")
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append(round(os.getloadavg()[0], 2))
+            if self._stop.wait(self._every):
+                return
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 # A failure this early is a start-up failure (a port taken by another cluster on a shared machine, say): one
