@@ -13,6 +13,7 @@ give the same digest.
 
     python -m topodra_cli.imagebuild [build] [--out DIR] [--no-load]
     python -m topodra_cli.imagebuild binary NAME BINARY [--out DIR]
+    python -m topodra_cli.imagebuild rootfs DIR          (the Dockerfile's build stage)
     python -m topodra_cli.imagebuild lock-debian | lock-requirements
 """
 
@@ -51,6 +52,7 @@ DEBIAN_IN = HACK / "debian.in"
 DEBIAN_LOCK = HACK / "debian.lock"
 REQUIREMENTS_LOCK = HACK / "requirements.lock"
 IMAGE_REPO = "ghcr.io/topodra/topodra"
+DEBIAN_RELEASE = "bookworm"  # the release debian.lock pins from; the Dockerfile's build stage uses the same
 DEFAULT_OUT = Path.home() / ".cache" / "topodra" / "image"
 
 NONROOT_UID = 65532
@@ -70,8 +72,14 @@ GROUP = f"root:x:0:\nnonroot:x:{NONROOT_UID}:\n"
 DROP_EXTENSIONS = ("_crypt", "_curses", "_curses_panel", "_dbm", "_sqlite3", "nis", "readline", "_ctypes_test",
                    "_testbuffer", "_testcapi", "_testclinic", "_testimportmultiple", "_testinternalcapi",
                    "_testmultiphase", "_xxsubinterpreters", "_xxtestfuzz", "xxlimited", "xxlimited_35")
+# Trimmed from the Debian packages: manuals and packaging metadata, CPython's test support and ensurepip
+# (no pip in the image), glibc's iconv modules (nothing in the image calls iconv; 8 MB).
 PRUNE = ("usr/share/man", "usr/share/lintian", "usr/share/gdb", "usr/share/gcc", "usr/share/info",
-         "usr/share/bug", f"usr/lib/{PY}/test", f"usr/lib/{PY}/ensurepip")
+         "usr/share/bug", f"usr/lib/{PY}/test", f"usr/lib/{PY}/ensurepip", "usr/lib/x86_64-linux-gnu/gconv",
+         "usr/lib/aarch64-linux-gnu/gconv")
+# Trimmed from the wheels: the kubernetes client's asyncio copy (68 MB of generated code; topodra's asyncio
+# code talks to the API through kubeaccess and aiohttp, and `import kubernetes` does not load it).
+PRUNE_SITE = ("kubernetes/aio",)
 # busybox applets that would be a package manager in the image.
 NO_APPLETS = {"dpkg", "dpkg-deb", "rpm", "rpm2cpio"}
 TRIPLETS = {"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
@@ -139,7 +147,9 @@ def _prune_docs(doc: Path) -> None:
     if not doc.is_dir():
         return
     for pkg in doc.iterdir():
-        if pkg.is_dir() and not pkg.is_symlink():
+        if pkg.is_symlink() and not pkg.exists():  # points at a package the image does not have
+            pkg.unlink()
+        elif pkg.is_dir() and not pkg.is_symlink():
             for item in pkg.iterdir():
                 if item.name != "copyright":
                     shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
@@ -253,36 +263,56 @@ def image_config(version: str) -> ImageConfig:
     )
 
 
+OWNERS = {"root": 0, "home/nonroot": NONROOT_UID}  # owned dirs are private (0700)
+
+
+def assemble(work: Path, *, version: str = __version__, cache: Path | None = None,
+             source: Path = REPO) -> tuple[Path, Path, Path]:
+    """The three layers' trees (base, deps, app) under `work`, byte-compiled and checked."""
+    arch = _arch()
+    base, deps, app = (work / n for n in ("base", "deps", "app"))
+    assemble_base(base, cache or DEFAULT_OUT / "debs", arch)
+    wheels.install(REQUIREMENTS_LOCK, deps / SITE, arch)
+    for rel in PRUNE_SITE:
+        shutil.rmtree(deps / SITE / rel, ignore_errors=True)
+    assemble_app(app, version, source)
+    compile_tree(base, arch, base / f"usr/lib/{PY}", f"/usr/lib/{PY}")
+    compile_tree(base, arch, deps / SITE, f"/{SITE}")
+    compile_tree(base, arch, app / SITE, f"/{SITE}")
+    check_libraries((base, deps, app))
+    check_forbidden((base, deps, app))
+    paths = (deps / SITE, app / SITE)
+    image_python(base, arch, "-c", f"import {SMOKE_IMPORTS}", pythonpath=paths)
+    got = image_python(base, arch, "-m", "topodra_cli.main", "version", pythonpath=paths)
+    if version not in got:
+        raise ClusterError(f"`topodra version` in the image printed {got!r}, expected {version}")
+    return base, deps, app
+
+
 def build(out_dir: Path = DEFAULT_OUT, *, version: str = __version__, cache: Path | None = None,
           compress: bool = True, source: Path = REPO) -> BuildResult:
     """Assemble, check and write `topodra-<version>.oci.tar` into `out_dir`; topodra's code comes from `source`."""
-    arch = _arch()
-    cache = cache or DEFAULT_OUT / "debs"
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="topodra-image-") as tmp:
-        base, deps, app = (Path(tmp) / n for n in ("base", "deps", "app"))
-        assemble_base(base, cache, arch)
-        wheels.install(REQUIREMENTS_LOCK, deps / SITE, arch)
-        assemble_app(app, version, source)
-        compile_tree(base, arch, base / f"usr/lib/{PY}", f"/usr/lib/{PY}")
-        compile_tree(base, arch, deps / SITE, f"/{SITE}")
-        compile_tree(base, arch, app / SITE, f"/{SITE}")
-        check_libraries((base, deps, app))
-        check_forbidden((base, deps, app))
-        paths = (deps / SITE, app / SITE)
-        image_python(base, arch, "-c", f"import {SMOKE_IMPORTS}", pythonpath=paths)
-        got = image_python(base, arch, "-m", "topodra_cli.main", "version", pythonpath=paths)
-        if version not in got:
-            raise ClusterError(f"`topodra version` in the image printed {got!r}, expected {version}")
-        owners = {"root": 0, "home/nonroot": NONROOT_UID}
-        tars = [layers.tar_tree(d, owners) for d in (base, deps, app)]
+        trees = assemble(Path(tmp), version=version, cache=cache, source=source)
+        tars = [layers.tar_tree(d, OWNERS) for d in trees]
     built = [Layer.of(t, compress=compress) for t in tars]
     name = image_name(version)
     image = Image(name, out_dir / f"topodra-{version}.oci.tar")
-    _write(image.tarball, oci_archive(name, built, arch=arch, config=image_config(version),
+    _write(image.tarball, oci_archive(name, built, arch=_arch(), config=image_config(version),
                                       created_by="topodra_cli.imagebuild"))
     return BuildResult(image, manifest_digest(image.tarball), sum(len(la.blob) for la in built),
                        sum(len(t) for t in tars))
+
+
+def write_rootfs(dest: Path, *, cache: Path | None = None) -> None:
+    """The image's files merged into one directory `dest` (the Dockerfile's build stage copies it to scratch)."""
+    with tempfile.TemporaryDirectory(prefix="topodra-rootfs-") as tmp:
+        for tree in assemble(Path(tmp), cache=cache):
+            shutil.copytree(tree, dest, symlinks=True, dirs_exist_ok=True)
+    for rel, uid in OWNERS.items():
+        os.chown(dest / rel, uid, uid)
+        (dest / rel).chmod(0o700)
 
 
 def build_topodra_image(out_dir: Path) -> Image:
@@ -309,7 +339,7 @@ def build_binary_image(name: str, binary: Path, out_dir: Path) -> Image:
         for d in ("tmp", "home/nonroot", "root"):
             (root / d).mkdir(parents=True)
         (root / "tmp").chmod(0o1777)
-        tar = layers.tar_tree(root, {"root": 0, "home/nonroot": NONROOT_UID})
+        tar = layers.tar_tree(root, OWNERS)
     last = name.rsplit("/", 1)[-1]
     repo, _, tag = last.partition(":")
     image = Image(name, out_dir / f"{repo}-{tag or 'latest'}.oci.tar")
@@ -366,18 +396,34 @@ def load_into_nodes(images: Sequence[Image], cluster_dir: Path | None = None) ->
 # ---- command line ----------------------------------------------------------------------------------------
 
 
+def scheduler_image_name(version: str) -> str:
+    return f"registry.k8s.io/kube-scheduler:{version}"
+
+
+def _cached_scheduler() -> tuple[str, Path] | None:
+    """The pinned kube-scheduler that `make k8s` built, when it is there: (image name, binary)."""
+    from topodra_cli.localcluster.binaries import K8S_VERSION, bin_dir
+
+    binary = bin_dir(K8S_VERSION) / "kube-scheduler"
+    return (scheduler_image_name(K8S_VERSION), binary) if binary.is_file() else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m topodra_cli.imagebuild", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd")
-    b = sub.add_parser("build", help="build the topodra image (the default)")
+    b = sub.add_parser("build", help="build the topodra image (the default), and kube-scheduler's if it is built")
     b.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    b.add_argument("--no-load", action="store_true", help="do not import it into running real nodes")
-    bi = sub.add_parser("binary", help="a one-binary image, e.g. kube-scheduler")
-    bi.add_argument("name")
+    b.add_argument("--no-load", action="store_true", help="do not import the images into running real nodes")
+    b.add_argument("--no-scheduler", action="store_true",
+                   help="skip the one-binary kube-scheduler image (built from `make k8s`'s binary when present)")
+    bi = sub.add_parser("binary", help="a one-binary image from a static binary, e.g. kube-scheduler")
+    bi.add_argument("name", help="image name, e.g. registry.k8s.io/kube-scheduler:v1.37.2")
     bi.add_argument("binary", type=Path)
     bi.add_argument("--out", type=Path, default=DEFAULT_OUT)
     bi.add_argument("--no-load", action="store_true")
+    rf = sub.add_parser("rootfs", help="the image's files into a directory (for the Dockerfile)")
+    rf.add_argument("dest", type=Path)
     sub.add_parser("lock-debian", help="pin hack/image/debian.in to apt's candidates (after apt-get update)")
     sub.add_parser("lock-requirements", help="pin pyproject's runtime dependencies with hashes")
     args = ap.parse_args(argv)
@@ -388,20 +434,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {DEBIAN_LOCK}")
             return 0
         if cmd == "lock-requirements":
-            wheels.lock(REQUIREMENTS_LOCK.parent.parent.parent / "pyproject.toml", REQUIREMENTS_LOCK)
+            wheels.lock(REPO / "pyproject.toml", REQUIREMENTS_LOCK)
             print(f"wrote {REQUIREMENTS_LOCK}")
             return 0
+        if cmd == "rootfs":
+            write_rootfs(args.dest)
+            print(f"wrote {args.dest}")
+            return 0
+        images: list[Image] = []
         if cmd == "binary":
-            image = build_binary_image(args.name, args.binary, args.out)
-            print(f"{image.name} {image.tarball} {manifest_digest(image.tarball)}")
+            images.append(build_binary_image(args.name, args.binary, args.out))
         else:
-            res = build(getattr(args, "out", DEFAULT_OUT))
-            image = res.image
-            print(f"{image.name} {image.tarball} {res.digest}\n"
-                  f"layers: {res.compressed_bytes / 1e6:.1f} MB compressed, {res.uncompressed_bytes / 1e6:.1f} MB "
+            out = getattr(args, "out", DEFAULT_OUT)
+            res = build(out)
+            images.append(res.image)
+            print(f"layers: {res.compressed_bytes / 1e6:.1f} MB compressed, {res.uncompressed_bytes / 1e6:.1f} MB "
                   "uncompressed")
+            sched = None if getattr(args, "no_scheduler", False) else _cached_scheduler()
+            if sched is not None:
+                images.append(build_binary_image(sched[0], sched[1], out))
+        for image in images:
+            print(f"{image.name} {image.tarball} {manifest_digest(image.tarball)}")
         if not getattr(args, "no_load", False):
-            for node in load_into_nodes([image]):
+            for node in load_into_nodes(images):
                 print(f"imported into node {node}")
     except ClusterError as e:
         print(f"imagebuild: {e}", file=sys.stderr)

@@ -105,6 +105,7 @@ def test_config_users_and_contents(built: BuildResult) -> None:
     names = {n for la in layers for n in _members(la)}
     assert {"usr/bin/python3.11", "bin/sh", "bin/busybox", "usr/local/bin/topodra"} <= names
     assert _members(base)["home/nonroot"].uid == NONROOT_UID
+    assert _members(base)["tmp"].mode == 0o1777
     # No compilers, pip or package managers; only the image's own topodra dist-info.
     for bad in ("usr/bin/gcc", "usr/bin/apt-get", "usr/bin/dpkg", "bin/dpkg", "usr/bin/pip",
                 "usr/local/lib/python3.11/dist-packages/pip"):
@@ -166,6 +167,9 @@ def test_image_runs_with_ctr(node: RealNode, loaded: Image) -> None:
     out = _ctr_run(node, loaded.name, "sh", "-c", f"id -u; topodra version; python3 -c \"{IMPORTS}\"",
                    extra=("--user", str(NONROOT_UID), "--read-only"))
     assert out.split()[0] == str(NONROOT_UID) and "imports-ok" in out and __version__ in out
+    out = _ctr_run(node, loaded.name, "sh", "-c", "touch /tmp/x /home/nonroot/y && echo writable",
+                   extra=("--user", str(NONROOT_UID)))
+    assert "writable" in out
     # Start to `topodra version` output, the whole `ctr run` (create, start, Python, exit): median of 5.
     times = []
     for _ in range(5):

@@ -27,9 +27,9 @@ def _info(name: str, kind: bytes, mode: int, uid: int, size: int = 0, link: str 
 
 
 def _mode(st: os.stat_result) -> int:
-    """Directories and executables 0755, other files 0644; the sticky bit (for /tmp) is kept."""
+    """Directories and executables 0755, other files 0644; a sticky directory is a shared /tmp: 1777."""
     if stat.S_ISDIR(st.st_mode):
-        return 0o755 | (st.st_mode & stat.S_ISVTX)
+        return 0o1777 if st.st_mode & stat.S_ISVTX else 0o755
     return 0o755 if st.st_mode & 0o111 else 0o644
 
 
