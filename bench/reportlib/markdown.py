@@ -105,8 +105,10 @@ def render(outcomes: list[Outcome], plot_files: dict[str, list[str]], run: RunIn
         "which runs each script in `bench/` against the real Kubernetes v1.37.2 programs (etcd, kube-apiserver, "
         "kube-scheduler, kube-controller-manager) that the script starts itself on loopback, collects the JSON "
         "each one writes (`--json FILE`), and renders this page and the plots in `docs/benchmarks/`. "
-        "`topodra bench NAME ...` runs single scripts and prints their figures; "
-        "`.venv/bin/python bench/NAME.py --help` lists their options.", "",
+        "`topodra bench NAME ...` runs single scripts and prints their figures (`.venv/bin/python bench/NAME.py "
+        "--help` lists their options); `.venv/bin/python bench/report.py --only NAME` runs one section again and "
+        "keeps the others; `topodra bench --quick` runs everything at smoke-test sizes (about 2 minutes) into "
+        "/tmp/topodra/bench-quick/.", "",
         "**Machines are noisy**, so each script measures a baseline in the same run (a raw client doing the same "
         "API writes, a trivial HTTP handler, the interpreter doing nothing, the disk's own fsync time, the default "
         "kube-scheduler, plain pods) and the page reports ratios against it, and medians and p99 over many calls "
