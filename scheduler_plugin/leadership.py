@@ -153,6 +153,14 @@ class ActiveWork:
         self.coordinator: Coordinator | None = None
         self._task: asyncio.Task[None] | None = None
         self.log = structlog.get_logger("topodra.extender.leadership")
+        self._idle()
+
+    def _idle(self) -> None:
+        """While no steering loop runs, nothing reads the pods that changed: do not collect them (a standby
+        replica may wait for weeks). Activation looks at every pod anyway."""
+        index = self.index
+        index.pending_changed.clear()
+        index.on_pending = lambda: index.pending_changed.clear()
 
     async def set_active(self, active: bool) -> None:
         self.metrics.active.set(1 if active else 0)
@@ -199,6 +207,7 @@ class ActiveWork:
             else:
                 steering.cancel_writes()
         forget_own_decisions(self.index)
+        self._idle()
 
 
 def forget_own_decisions(index: Index) -> None:
