@@ -108,7 +108,8 @@ def list_checks(chosen: list[tuple[Family, list[str]]], out: TextIO) -> None:
             print(f"  {f.name}/{s}: {dict(f.subtests)[s]}", file=out)
 
 
-def run(opts: Options, out: TextIO = sys.stdout) -> int:
+def run(opts: Options, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     sel = Selector(opts.run)
     chosen = registry.selected(sel)
     if not chosen:
@@ -116,12 +117,12 @@ def run(opts: Options, out: TextIO = sys.stdout) -> int:
     if opts.dry_run:
         list_checks(chosen, out)
         return 0
+    client = connect(opts)
     outdir = opts.out or Path("conformance-results")
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--out {outdir}: {e}") from e
-    client = connect(opts)
     ctx = Context(client, opts, Cleanup(client))
     inv = ctx.inventory()
     print(f"topodra conformance against {client.server} (Kubernetes {inv.version}, checklist "
