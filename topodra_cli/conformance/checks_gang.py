@@ -29,21 +29,19 @@ class _State:
     inv: Inventory
     ns: str
     jobs: list[str] = field(default_factory=list)
-    before: set[tuple[str, str]] = field(default_factory=set)  # devices allocated before the gangs
 
 
 def job_pods(ctx: Context, ns: str, name: str) -> list[Json]:
     return items(ctx.client, ns, "pods", labelSelector=f"batch.kubernetes.io/job-name={name}")
 
 
-def allocated_devices(ctx: Context, nodes: set[str]) -> dict[tuple[str, str], str]:
-    """(pool, device) -> namespace/claim, for every allocated claim in the cluster on `nodes`' pools."""
+def allocated_devices(ctx: Context, ns: str) -> dict[tuple[str, str], str]:
+    """(pool, device) -> claim, for the allocated claims of namespace `ns` (other workloads' claims are theirs)."""
     out: dict[tuple[str, str], str] = {}
-    for c in ctx.client.get("/apis/resource.k8s.io/v1/resourceclaims").get("items") or []:
+    for c in items(ctx.client, ns, "resourceclaims"):
         alloc = (c.get("status") or {}).get("allocation")
         for r in (alloc or {}).get("devices", {}).get("results") or []:
-            if r.get("pool") in nodes:
-                out[(r["pool"], r["device"])] = f"{c['metadata']['namespace']}/{c['metadata']['name']}"
+            out[(r["pool"], r["device"])] = c["metadata"]["name"]
     return out
 
 
@@ -102,10 +100,8 @@ def _negative(ctx: Context, st: _State, t: T) -> None:
     size = len(per_node) + 1
     # The positive gang's pods may still hold their GPUs: this gang must start from free devices, or a
     # partly-binding scheduler could bind nothing and pass.
-    nodes = set(per_node)
-
     def held() -> str:
-        extra = {d: c for d, c in allocated_devices(ctx, nodes).items() if d not in st.before}
+        extra = allocated_devices(ctx, st.ns)
         pods = [p["metadata"]["name"] for p in job_pods(ctx, st.ns, "pos-job")]
         return "; ".join(filter(None, [", ".join(f"{p}/{d} held by claim {c}" for (p, d), c in sorted(extra.items())),
                                        f"pods {', '.join(pods)} left" if pods else ""]))
@@ -142,12 +138,12 @@ def _negative(ctx: Context, st: _State, t: T) -> None:
 def _released(ctx: Context, st: _State, t: T) -> None:
     for name in st.jobs:
         delete(ctx.client, st.ns, "jobs", name)
-    nodes = set(st.inv.candidates())
 
     def leftovers() -> str:
         pods = [p["metadata"]["name"] for n in st.jobs for p in job_pods(ctx, st.ns, n)]
-        claims = [c["metadata"]["name"] for c in items(ctx.client, st.ns, "resourceclaims")]
-        held = {d: c for d, c in allocated_devices(ctx, nodes).items() if d not in st.before}
+        held = allocated_devices(ctx, st.ns)
+        claims = [c["metadata"]["name"] for c in items(ctx.client, st.ns, "resourceclaims")
+                  if c["metadata"]["name"] not in held.values()]
         bits = []
         if pods:
             bits.append(f"pods {', '.join(pods)}")
@@ -169,7 +165,6 @@ def run(ctx: Context, t: T) -> None:
     if not inv.by_node("gpu"):
         t.fail("ENVIRONMENT ERROR: no allocatable topodra GPU on a candidate node; the gang checks use GPU claims")
     st = _State(inv, ctx.namespace("gang"))
-    st.before = set(allocated_devices(ctx, set(inv.candidates())))
     create(ctx.client, st.ns, "resourceclaimtemplates", claim_template("one-gpu", [Request("gpu", GPU_CLASS)]))
     t.run("PositiveGangScheduling", lambda s: _positive(ctx, st, s))
     t.run("NegativeGangScheduling", lambda s: _negative(ctx, st, s))
