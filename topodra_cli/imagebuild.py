@@ -33,6 +33,7 @@ from pathlib import Path
 
 from topodra_cli import __version__
 from topodra_cli.imaging import debs, elf, layers, wheels
+from topodra_cli.localcluster.binaries import K8S_VERSION, bin_dir, cache_root
 from topodra_cli.localcluster.images import (
     Image,
     ImageConfig,
@@ -53,7 +54,6 @@ DEBIAN_LOCK = HACK / "debian.lock"
 REQUIREMENTS_LOCK = HACK / "requirements.lock"
 IMAGE_REPO = "ghcr.io/topodra/topodra"
 DEBIAN_RELEASE = "bookworm"  # the release debian.lock pins from; the Dockerfile's build stage uses the same
-DEFAULT_OUT = Path.home() / ".cache" / "topodra" / "image"
 
 NONROOT_UID = 65532
 ENTRYPOINT = ("topodra",)
@@ -87,6 +87,11 @@ LOADERS = {"amd64": "lib64/ld-linux-x86-64.so.2", "arm64": "lib/ld-linux-aarch64
 # Package data shipped next to the code (pyproject's [tool.setuptools.package-data]).
 SOURCE_SUFFIXES = (".py", ".proto", ".c", ".yaml")
 SMOKE_IMPORTS = "grpc, orjson, kubernetes, structlog, prometheus_client, aiohttp, yaml, cryptography, pynvml"
+
+
+def default_out() -> Path:
+    """Where `make image` writes: ~/.cache/topodra/image (or under $TOPODRA_CACHE, like the other builds)."""
+    return cache_root() / "image"
 
 
 @dataclass(frozen=True)
@@ -271,7 +276,7 @@ def assemble(work: Path, *, version: str = __version__, cache: Path | None = Non
     """The three layers' trees (base, deps, app) under `work`, byte-compiled and checked."""
     arch = _arch()
     base, deps, app = (work / n for n in ("base", "deps", "app"))
-    assemble_base(base, cache or DEFAULT_OUT / "debs", arch)
+    assemble_base(base, cache or default_out() / "debs", arch)
     wheels.install(REQUIREMENTS_LOCK, deps / SITE, arch)
     for rel in PRUNE_SITE:
         shutil.rmtree(deps / SITE / rel, ignore_errors=True)
@@ -289,9 +294,10 @@ def assemble(work: Path, *, version: str = __version__, cache: Path | None = Non
     return base, deps, app
 
 
-def build(out_dir: Path = DEFAULT_OUT, *, version: str = __version__, cache: Path | None = None,
+def build(out_dir: Path | None = None, *, version: str = __version__, cache: Path | None = None,
           compress: bool = True, source: Path = REPO) -> BuildResult:
     """Assemble, check and write `topodra-<version>.oci.tar` into `out_dir`; topodra's code comes from `source`."""
+    out_dir = out_dir or default_out()
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="topodra-image-") as tmp:
         trees = assemble(Path(tmp), version=version, cache=cache, source=source)
@@ -300,7 +306,7 @@ def build(out_dir: Path = DEFAULT_OUT, *, version: str = __version__, cache: Pat
     name = image_name(version)
     image = Image(name, out_dir / f"topodra-{version}.oci.tar")
     _write(image.tarball, oci_archive(name, built, arch=_arch(), config=image_config(version),
-                                      created_by="topodra_cli.imagebuild"))
+                                      created_by="topodra_cli.imagebuild", docker_manifest=True))
     return BuildResult(image, manifest_digest(image.tarball), sum(len(la.blob) for la in built),
                        sum(len(t) for t in tars))
 
@@ -346,7 +352,7 @@ def build_binary_image(name: str, binary: Path, out_dir: Path) -> Image:
     out_dir.mkdir(parents=True, exist_ok=True)
     config = ImageConfig(entrypoint=(f"/usr/local/bin/{tool}",), env=("PATH=/usr/local/bin:/bin",), user="0")
     _write(image.tarball, oci_archive(name, [Layer.of(tar, compress=True)], arch=_arch(), config=config,
-                                      created_by="topodra_cli.imagebuild"))
+                                      created_by="topodra_cli.imagebuild", docker_manifest=True))
     return image
 
 
@@ -402,8 +408,6 @@ def scheduler_image_name(version: str) -> str:
 
 def _cached_scheduler() -> tuple[str, Path] | None:
     """The pinned kube-scheduler that `make k8s` built, when it is there: (image name, binary)."""
-    from topodra_cli.localcluster.binaries import K8S_VERSION, bin_dir
-
     binary = bin_dir(K8S_VERSION) / "kube-scheduler"
     return (scheduler_image_name(K8S_VERSION), binary) if binary.is_file() else None
 
@@ -413,14 +417,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd")
     b = sub.add_parser("build", help="build the topodra image (the default), and kube-scheduler's if it is built")
-    b.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    b.add_argument("--out", type=Path, default=default_out())
     b.add_argument("--no-load", action="store_true", help="do not import the images into running real nodes")
     b.add_argument("--no-scheduler", action="store_true",
                    help="skip the one-binary kube-scheduler image (built from `make k8s`'s binary when present)")
     bi = sub.add_parser("binary", help="a one-binary image from a static binary, e.g. kube-scheduler")
     bi.add_argument("name", help="image name, e.g. registry.k8s.io/kube-scheduler:v1.37.2")
     bi.add_argument("binary", type=Path)
-    bi.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    bi.add_argument("--out", type=Path, default=default_out())
     bi.add_argument("--no-load", action="store_true")
     rf = sub.add_parser("rootfs", help="the image's files into a directory (for the Dockerfile)")
     rf.add_argument("dest", type=Path)
@@ -445,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cmd == "binary":
             images.append(build_binary_image(args.name, args.binary, args.out))
         else:
-            out = getattr(args, "out", DEFAULT_OUT)
+            out = getattr(args, "out", None) or default_out()
             res = build(out)
             images.append(res.image)
             print(f"layers: {res.compressed_bytes / 1e6:.1f} MB compressed, {res.uncompressed_bytes / 1e6:.1f} MB "

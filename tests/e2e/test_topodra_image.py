@@ -21,10 +21,18 @@ from typing import Any, TypeVar
 import pytest
 
 from topodra_cli import __version__
-from topodra_cli.imagebuild import NONROOT_UID, REPO, BuildResult, build, build_binary_image, copy_sources
+from topodra_cli.imagebuild import (
+    NONROOT_UID,
+    REPO,
+    BuildResult,
+    build,
+    build_binary_image,
+    copy_sources,
+    load_into_nodes,
+)
 from topodra_cli.localcluster import LocalCluster
 from topodra_cli.localcluster.hostcheck import default_node_name, machine_cannot
-from topodra_cli.localcluster.images import Image, _is_static
+from topodra_cli.localcluster.images import Image, _is_static, manifest_digest
 from topodra_cli.localcluster.podspec import real_node_pod
 from topodra_cli.localcluster.realnode import RealNode
 
@@ -159,6 +167,8 @@ def _ctr_run(node: RealNode, image: str, *argv: str, extra: tuple[str, ...] = ()
 
 @on_real_node
 def test_image_runs_with_ctr(node: RealNode, loaded: Image) -> None:
+    listed = node.ctr("images", "ls", f"name=={loaded.name}").stdout
+    assert manifest_digest(loaded.tarball) in listed  # imported under its name, from index.json
     assert __version__ in _ctr_run(node, loaded.name, "topodra", "version")
     assert "--node-name" in _ctr_run(node, loaded.name, "topodra", "driver", "--help")
     assert "usage" in _ctr_run(node, loaded.name, "topodra", "extender", "--help").lower()
@@ -217,6 +227,7 @@ def test_kube_scheduler_binary_image_runs(cluster: LocalCluster, node: RealNode,
     image = build_binary_image(f"registry.k8s.io/kube-scheduler:{K8S_VERSION}", binary, tmp_path)
     again = build_binary_image(f"registry.k8s.io/kube-scheduler:{K8S_VERSION}", binary, tmp_path / "again")
     assert image.tarball.read_bytes() == again.tarball.read_bytes()
-    node.load_image(image)
+    # As `make image` loads images: into every running real node of the cluster.
+    assert node.name in load_into_nodes([image], cluster.dir)
     out = _ctr_run(node, image.name, "kube-scheduler", "--version")
     assert K8S_VERSION in out

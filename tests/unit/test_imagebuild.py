@@ -197,8 +197,8 @@ def test_multi_layer_archive_is_deterministic_and_consistent(tmp_path: Path) -> 
     lb = Layer.of(b"b" * 1024, compress=True)
     assert la == Layer.of(b"a" * 1024, compress=True)  # gzip without time or name in its header
     cfg = imagebuild.image_config("9.9.9")
-    one = oci_archive("example.local/x:9.9.9", [la, lb, la], config=cfg)
-    assert one == oci_archive("example.local/x:9.9.9", [la, lb, la], config=cfg)
+    one = oci_archive("example.local/x:9.9.9", [la, lb, la], config=cfg, docker_manifest=True)
+    assert one == oci_archive("example.local/x:9.9.9", [la, lb, la], config=cfg, docker_manifest=True)
     with tarfile.open(fileobj=io.BytesIO(one)) as t:
         files = {x.name: t.extractfile(x).read() for x in t.getmembers() if x.isfile()}  # type: ignore[union-attr]
     desc = json.loads(files["index.json"])["manifests"][0]
@@ -209,3 +209,8 @@ def test_multi_layer_archive_is_deterministic_and_consistent(tmp_path: Path) -> 
     assert sum(1 for n in files if n.startswith("blobs/")) == 4  # two layers (one reused), config, manifest
     assert config["config"]["Entrypoint"] == ["topodra"]
     assert config["config"]["Labels"]["org.opencontainers.image.version"] == "9.9.9"
+    # The docker-archive view of the same blobs, for `docker load`.
+    (docker,) = json.loads(files["manifest.json"])
+    assert docker["RepoTags"] == ["example.local/x:9.9.9"]
+    assert docker["Config"] == "blobs/sha256/" + manifest["config"]["digest"].split(":")[1]
+    assert docker["Layers"] == ["blobs/sha256/" + x["digest"].split(":")[1] for x in manifest["layers"]]

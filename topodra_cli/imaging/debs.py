@@ -138,8 +138,9 @@ def fetch(pin: DebPin, cache: Path) -> Path:
         return path
     part = path.with_name(path.name + ".part")
     problems = []
-    for attempt in (_from_mirror, _from_apt):
-        err = attempt(pin, part) if shutil.which("apt-get") or attempt is _from_mirror else "no apt-get"
+    # The pool path first (needs no apt lists); apt-get's configured sources (proxies, local mirrors) next.
+    for attempt in (_from_mirror, _from_apt) if shutil.which("apt-get") else (_from_mirror,):
+        err = attempt(pin, part)
         if not err:
             digest = _sha256(part)
             if digest == pin.sha256:

@@ -166,11 +166,14 @@ class ImageConfig:
 def oci_archive(
     name: str, layer: bytes | Sequence[Layer], *, entrypoint: Sequence[str] = (), cmd: Sequence[str] = (),
     arch: str = "amd64", config: ImageConfig | None = None, created_by: str = "topodra_cli.localcluster.images",
+    docker_manifest: bool = False,
 ) -> bytes:
     """An OCI image layout (oci-layout, index.json, blobs/sha256/...) as one tar, naming the image `name`.
 
     `layer` is one uncompressed layer tar or a list of layers, bottom first; `config` (when given)
-    replaces `entrypoint` and `cmd`.
+    replaces `entrypoint` and `cmd`. With `docker_manifest`, a docker-archive `manifest.json` names the
+    same blobs, as `docker save` (25+) writes it: `docker load` reads that file (also with the classic image
+    store), containerd's importer reads index.json when oci-layout is there.
     """
     layers = [Layer.of(layer)] if isinstance(layer, bytes) else list(layer)
     cfg = config or ImageConfig(entrypoint=entrypoint, cmd=cmd)
@@ -216,6 +219,12 @@ def oci_archive(
                 add(f"blobs/sha256/{digest}", blob)
         add("oci-layout", _json({"imageLayoutVersion": "1.0.0"}))
         add("index.json", index_b)
+        if docker_manifest:
+            def path(blob: bytes) -> str:
+                return "blobs/sha256/" + _digest(blob).split(":", 1)[1]
+
+            add("manifest.json", _json([{"Config": path(config_b), "RepoTags": [name],
+                                         "Layers": [path(la.blob) for la in layers]}]))
     return out.getvalue()
 
 
