@@ -177,6 +177,8 @@ async def _serve(a: argparse.Namespace, cfg: Any, creds: Any) -> None:
         follower = LeaseFollower(api, LeaseRef.parse(a.follow_lease), a.identity, work.set_active)
         ext.standby = follower.standby_reason
         metrics.active.set(0)
+    else:
+        await work.start()  # before the first call can come: bind needs the coordinator and binder
     tls = server_ssl_context(a.tls_cert, a.tls_key, a.client_ca) if a.tls_cert else None
     runner = web.AppRunner(ext.app(), access_log=None, handle_signals=False)
     await runner.setup()
@@ -185,8 +187,6 @@ async def _serve(a: argparse.Namespace, cfg: Any, creds: Any) -> None:
     await cache.start()
     freezer = asyncio.create_task(_freeze_when_synced(cache))
     follow_task = asyncio.create_task(follower.run(), name="follow-lease") if follower is not None else None
-    if follower is None:
-        await work.start()
     log.info("serving", listen=a.listen, port=a.port, tls=tls is not None, client_ca=str(a.client_ca or ""),
              apiserver=creds.server, levels=[lv.name for lv in cfg.levels], follow_lease=a.follow_lease,
              identity=a.identity if a.follow_lease else "")
