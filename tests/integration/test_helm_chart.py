@@ -136,7 +136,10 @@ def test_cluster_mode_extender_runs_beside_the_control_plane_scheduler() -> None
     cfg = yaml.safe_load(find(docs, "ConfigMap", "t-topodra-scheduler-config")["data"]["kube-scheduler-config.yaml"])
     ext = cfg["extenders"][0]
     assert ext["urlPrefix"] == "https://127.0.0.1:8443/v1"
-    assert ext["tlsConfig"] == {"serverName": "127.0.0.1", "caFile": "/etc/kubernetes/topodra/ca.crt"}
+    assert ext["tlsConfig"] == {"serverName": "127.0.0.1", "caFile": "/etc/kubernetes/topodra/ca.crt",
+                                "certFile": "/etc/kubernetes/topodra/client.crt",
+                                "keyFile": "/etc/kubernetes/topodra/client.key"}
+    assert "--client-ca=/etc/topodra/client-ca/ca.crt" in args  # on by default
     assert cfg["clientConnection"]["kubeconfig"] == "/etc/kubernetes/scheduler.conf"
     assert [p["schedulerName"] for p in cfg["profiles"]] == ["default-scheduler"]
     assert not any(d["kind"] == "Deployment" for d in docs)
@@ -268,8 +271,8 @@ def test_cert_manager_objects() -> None:
                   "extender.tls.certManager.issuerRef.name=corp",
                   "extender.tls.certManager.issuerRef.kind=ClusterIssuer")
     assert not any(d["kind"] == "Issuer" for d in docs)
-    assert find(docs, "Certificate")["spec"]["issuerRef"] == {"name": "corp", "kind": "ClusterIssuer",
-                                                              "group": "cert-manager.io"}
+    for cert in (d for d in docs if d["kind"] == "Certificate"):  # serving and client
+        assert cert["spec"]["issuerRef"] == {"name": "corp", "kind": "ClusterIssuer", "group": "cert-manager.io"}
 
 
 # ---- the real apiserver ---------------------------------------------------------------------------
@@ -383,7 +386,7 @@ def test_upgrade_keeps_the_extender_certificates(cluster: LocalCluster, release:
              "extender.weight=7", "driver.logLevel=debug")
     assert _secrets(cluster, ns) == first
     # Turning client auth off and on again issues a client certificate from the same CA.
-    _install(cluster, "upgrade", name, ns, f"scheduler.mode={mode}")
+    _install(cluster, "upgrade", name, ns, f"scheduler.mode={mode}", "extender.tls.clientAuth=false")
     assert set(_secrets(cluster, ns)) == {f"{ext}-ca", f"{ext}-tls"}
     _install(cluster, "upgrade", name, ns, f"scheduler.mode={mode}", "extender.tls.clientAuth=true")
     again = _secrets(cluster, ns)
