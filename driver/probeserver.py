@@ -7,6 +7,7 @@ shows it in the probe failure event).
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,11 +17,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 Check = Callable[[], str | None]
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6  # --metrics-host=$(POD_IP) is an IPv6 literal in IPv6 clusters
+
+
 class ProbeServer:
     def __init__(self, host: str, port: int, registry: CollectorRegistry, healthy: Check, ready: Check) -> None:
         handler = _handler(registry, healthy, ready)
-        self.httpd = ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
+        self.httpd = (_Server6 if ":" in host else _Server)((host, port), handler)
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="probe-http", daemon=True)
 
     @property

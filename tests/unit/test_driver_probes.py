@@ -62,10 +62,17 @@ def test_a_failing_check_is_a_503_with_its_reason(server: Any) -> None:
     assert _get(srv.port, "/readyz") == (503, "check failed: RuntimeError: boom\n")
 
 
-def test_metrics_host_is_honoured() -> None:
-    srv = ProbeServer("127.0.0.1", 0, CollectorRegistry(), lambda: None, lambda: None).start()
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_metrics_host_is_honoured(host: str) -> None:
     try:
-        assert srv.httpd.server_address[0] == "127.0.0.1"
+        srv = ProbeServer(host, 0, CollectorRegistry(), lambda: None, lambda: None).start()
+    except OSError as e:
+        pytest.skip(f"no {host} here: {e}")
+    try:
+        assert srv.httpd.server_address[0] == host
+        url = f"http://[{host}]:{srv.port}/healthz" if ":" in host else f"http://{host}:{srv.port}/healthz"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            assert r.status == 200
     finally:
         srv.stop()
 
