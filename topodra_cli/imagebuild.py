@@ -311,10 +311,10 @@ def build(out_dir: Path | None = None, *, version: str = __version__, cache: Pat
                        sum(len(t) for t in tars))
 
 
-def write_rootfs(dest: Path, *, cache: Path | None = None) -> None:
+def write_rootfs(dest: Path, *, cache: Path | None = None, source: Path = REPO) -> None:
     """The image's files merged into one directory `dest` (the Dockerfile's build stage copies it to scratch)."""
     with tempfile.TemporaryDirectory(prefix="topodra-rootfs-") as tmp:
-        for tree in assemble(Path(tmp), cache=cache):
+        for tree in assemble(Path(tmp), cache=cache, source=source):
             shutil.copytree(tree, dest, symlinks=True, dirs_exist_ok=True)
     for rel, uid in OWNERS.items():
         os.chown(dest / rel, uid, uid)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import statistics
 import tarfile
 import time
@@ -29,6 +30,7 @@ from topodra_cli.imagebuild import (
     build_binary_image,
     copy_sources,
     load_into_nodes,
+    write_rootfs,
 )
 from topodra_cli.localcluster import LocalCluster
 from topodra_cli.localcluster.hostcheck import default_node_name, machine_cannot
@@ -131,6 +133,27 @@ def test_config_users_and_contents(built: BuildResult) -> None:
             assert m.mtime == 0
             assert m.uid in (0, NONROOT_UID) and m.gid in (0, NONROOT_UID)
     assert deps != app
+
+
+def test_rootfs_for_the_dockerfile_holds_the_same_files(built: BuildResult, source: Path, tmp_path: Path) -> None:
+    """`imagebuild rootfs` (the Dockerfile's build stage) writes what the image's layers hold, file for file."""
+    write_rootfs(tmp_path / "rootfs", source=source)
+    _manifest, _config, layers = _blobs(built.image.tarball)
+    want: dict[str, str] = {}
+    for la in layers:
+        with tarfile.open(fileobj=io.BytesIO(la)) as t:
+            for m in t.getmembers():
+                f = t.extractfile(m) if m.isfile() else None
+                link = "link:" + m.linkname if m.issym() else ""
+                want[m.name] = hashlib.sha256(f.read()).hexdigest() if f else link
+    got: dict[str, str] = {}
+    root = tmp_path / "rootfs"
+    for p in root.rglob("*"):
+        rel = p.relative_to(root).as_posix()
+        got[rel] = ("link:" + os.readlink(p) if p.is_symlink() else
+                    hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "")
+    assert got == want
+    assert (root / "home/nonroot").stat().st_uid == NONROOT_UID
 
 
 def test_binary_image_rejects_a_dynamic_binary(tmp_path: Path) -> None:
