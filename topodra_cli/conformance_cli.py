@@ -94,3 +94,6 @@ def _main(args: argparse.Namespace) -> int:
     except UsageError as e:
         print(f"topodra conformance: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # before any check started: nothing was created
+        print("topodra conformance: interrupted", file=sys.stderr)
+        return 1

@@ -124,7 +124,10 @@ def run(opts: Options, out: TextIO | None = None) -> int:
     except OSError as e:
         raise UsageError(f"--out {outdir}: {e}") from e
     ctx = Context(client, opts, Cleanup(client))
-    inv = ctx.inventory()
+    try:
+        inv = ctx.inventory()
+    except ApiError as e:
+        raise UsageError(f"cannot read nodes, DeviceClasses or ResourceSlices at {client.server}: {e}") from e
     print(f"topodra conformance against {client.server} (Kubernetes {inv.version}, checklist "
           f"{checklist_version(inv.version)}); run {ctx.run_id}, namespaces {opts.namespace_prefix}*-{ctx.run_id}",
           file=out, flush=True)
