@@ -53,6 +53,8 @@ def register(sub: Any) -> None:
     p.add_argument("--topology-level", default="node", metavar="LEVEL[=LABEL]",
                    help="level the packed gang requires (topodra.dev/topology-required) and the node label naming "
                         "its domains; default node (the node itself); e.g. rack=topodra.dev/rack")
+    p.add_argument("--scheduler-name", default="", metavar="NAME",
+                   help="schedulerName of the pods, when topodra runs in its own scheduler (e.g. topodra-scheduler)")
     p.add_argument("--expect-nic-in-pod", action="store_true",
                    help="fail, not skip, when an allocated NIC is not in the pod's network namespace")
     p.set_defaults(handler=_main)
@@ -83,6 +85,7 @@ def options(args: argparse.Namespace) -> Options:
         gang_window=args.gang_window,
         gang_job_labels=_pairs("--gang-job-label", args.gang_job_label) or Options().gang_job_labels,
         topology_level=level, topology_label=label, expect_nic_in_pod=args.expect_nic_in_pod,
+        scheduler_name=args.scheduler_name,
     )
 
 

@@ -81,3 +81,19 @@ def test_probe_script_prints_what_the_checks_parse() -> None:
     assert int(got["ACCELERATOR_COUNT"]) == len(got["DEVICE_NODES"].split())
     assert "lo" in got["NET_INTERFACES"].split()
     assert "$(" not in PROBE  # the kubelet would expand $(NAME) in a command
+
+
+def test_pod_spec_carries_image_network_scheduler_and_claims() -> None:
+    from topodra_cli.conformance.model import Options
+    from topodra_cli.conformance.workloads import Container, PodShape, pod_spec
+
+    opts = Options(image="topodra.local/busybox:1", host_network=True, scheduler_name="topodra-scheduler")
+    shape = PodShape([Container("a", ("gpu",)), Container("b")], {"gpu": "one-gpu"})
+    spec = pod_spec(shape, Placement(["n1"]), opts)
+    assert spec["hostNetwork"] is True and spec["schedulerName"] == "topodra-scheduler"
+    assert spec["resourceClaims"] == [{"name": "gpu", "resourceClaimTemplateName": "one-gpu"}]
+    a, b = spec["containers"]
+    assert a["image"] == "topodra.local/busybox:1" and a["imagePullPolicy"] == "IfNotPresent"
+    assert a["resources"]["claims"] == [{"name": "gpu"}] and "claims" not in b["resources"]
+    plain = pod_spec(shape, Placement(["n1"]), Options())
+    assert "hostNetwork" not in plain and "schedulerName" not in plain

@@ -108,8 +108,8 @@ def _in_pod(ctx: Context, st: _State, t: T) -> None:
            f"TOPODRA_NET_INTERFACES={got.get('TOPODRA_NET_INTERFACES', '')!r})")
     if ctx.opts.expect_nic_in_pod:
         t.fail(msg)
-    t.skip(msg + "; topodra moves a NIC into the pod only with `topodra driver --cdi-netdevices` (CDI netDevices, "
-           "runc 1.3+); pass --expect-nic-in-pod to require it")
+    t.skip(msg + "; topodra moves a NIC into the pod only when its driver runs with "
+           "TOPODRA_CDI_NETDEVICES=true (CDI netDevices, runc 1.3+); pass --expect-nic-in-pod to require it")
 
 
 def run(ctx: Context, t: T) -> None:

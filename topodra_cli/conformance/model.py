@@ -34,6 +34,7 @@ class Options:
     topology_level: str = "node"  # level of GangPackedInDomain
     topology_label: str = ""  # node label naming that level's domain ("" = the node itself)
     expect_nic_in_pod: bool = False  # an allocated NIC must appear in the pod's network namespace
+    scheduler_name: str = ""  # spec.schedulerName of every pod the scheduler places ("" = the default one)
 
 
 @dataclass

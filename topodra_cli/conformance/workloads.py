@@ -106,6 +106,8 @@ def pod_spec(shape: PodShape, placement: Placement, opts: Options) -> Json:
         spec["resourceClaims"] = [{"name": n, "resourceClaimTemplateName": t} for n, t in shape.claims.items()]
     if opts.host_network:
         spec["hostNetwork"] = True
+    if opts.scheduler_name:
+        spec["schedulerName"] = opts.scheduler_name
     placement.apply(spec)
     return spec
 
