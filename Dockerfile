@@ -14,7 +14,7 @@ COPY hack/image/ hack/image/
 # The builder's own Python runs imagebuild, which needs topodra's runtime dependencies: the same locked wheels.
 RUN pip install --break-system-packages --no-cache-dir --only-binary=:all: --require-hashes --no-deps \
       -r hack/image/requirements.lock
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 COPY driver/ driver/
 COPY scheduler_plugin/ scheduler_plugin/
 COPY kubeaccess/ kubeaccess/

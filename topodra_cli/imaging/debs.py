@@ -3,17 +3,20 @@
 `hack/image/debian.in` names the packages (no automatic dependency closure: every file in the image is
 there on purpose); `hack/image/debian.lock` pins each to `name=version`, its architecture, sha256 and
 pool path. A .deb is fetched from the Debian mirror by its pool path (or, failing that, with
-`apt-get download name=version`), checked against the lock's sha256 and unpacked with `dpkg-deb -x`.
+`apt-get download name=version`, or from snapshot.debian.org once the mirrors have dropped that version),
+checked against the lock's sha256 and unpacked with `dpkg-deb -x`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,6 +26,8 @@ from topodra_cli.localcluster.processes import ClusterError
 
 # Where `pool/...` paths resolve; security updates live in a separate archive with the same layout.
 MIRRORS = ("http://deb.debian.org/debian", "http://deb.debian.org/debian-security")
+# The mirrors keep only current versions; snapshot.debian.org keeps every one, found by name and version.
+SNAPSHOT = "https://snapshot.debian.org"
 LOCK_HEADER = """\
 # The Debian packages of the topodra image (Debian 12 bookworm), one per line:
 #   name=version architecture sha256:<digest> <pool path>
@@ -119,6 +124,22 @@ def _from_mirror(pin: DebPin, dest: Path) -> str:
     return "; ".join(errors)
 
 
+def _from_snapshot(pin: DebPin, dest: Path) -> str:
+    """A version that has left the mirrors: snapshot's machine-readable API gives the file's hash to fetch."""
+    api = f"{SNAPSHOT}/mr/binary/{urllib.parse.quote(pin.name)}/{urllib.parse.quote(pin.version)}/binfiles"
+    try:
+        with urllib.request.urlopen(api, timeout=60) as r:
+            files = json.load(r).get("result", [])
+        hashes = [f["hash"] for f in files if f.get("architecture") == pin.arch]
+        if not hashes:
+            return f"{api}: no {pin.arch} file"
+        with urllib.request.urlopen(f"{SNAPSHOT}/file/{hashes[0]}", timeout=120) as r, dest.open("wb") as f:
+            shutil.copyfileobj(r, f)
+        return ""
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as e:
+        return f"{api}: {e}"
+
+
 def _from_apt(pin: DebPin, dest: Path) -> str:
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         out = subprocess.run(["apt-get", "download", f"{pin.name}={pin.version}"], cwd=tmp, capture_output=True,
@@ -138,8 +159,10 @@ def fetch(pin: DebPin, cache: Path) -> Path:
         return path
     part = path.with_name(path.name + ".part")
     problems = []
-    # The pool path first (needs no apt lists); apt-get's configured sources (proxies, local mirrors) next.
-    for attempt in (_from_mirror, _from_apt) if shutil.which("apt-get") else (_from_mirror,):
+    # The pool path first (needs no apt lists); apt-get's configured sources (proxies, local mirrors) next;
+    # snapshot.debian.org last, for a version a security update has superseded.
+    attempts = [_from_mirror] + ([_from_apt] if shutil.which("apt-get") else []) + [_from_snapshot]
+    for attempt in attempts:
         err = attempt(pin, part)
         if not err:
             digest = _sha256(part)
@@ -150,7 +173,7 @@ def fetch(pin: DebPin, cache: Path) -> Path:
         problems.append(err)
     part.unlink(missing_ok=True)
     raise ClusterError(f"cannot fetch {pin.name}={pin.version} ({'; '.join(problems)}); a superseded version may "
-                       "have left the mirror: regenerate hack/image/debian.lock (docs/image.md)")
+                       "have left the mirrors: regenerate hack/image/debian.lock (docs/image.md)")
 
 
 def extract(deb: Path, dest: Path) -> None:
