@@ -74,15 +74,23 @@ def test_outcomes_follow_go_test() -> None:
 def test_e2e_log_is_go_test_v_output() -> None:
     text = e2e_log(sample().events)
     lines = re.sub(r"\(\d+\.\d\ds\)", "(T)", text).splitlines()  # durations depend on the fake clock's ticks
-    assert lines[:4] == [
+    # Logs stream as they come; subtests' results follow their parent's, indented (go test -v).
+    assert lines[:8] == [
         "=== RUN   TestSecureAcceleratorAccess",
         "=== RUN   TestSecureAcceleratorAccess/PositiveAccessTest",
         '    sees ACCELERATOR_COUNT=1 <gpu-0> & "ok"',
+        "=== RUN   TestSecureAcceleratorAccess/NegativeIsolationTest",
+        "    no second node",
+        "--- PASS: TestSecureAcceleratorAccess (T)",
         "    --- PASS: TestSecureAcceleratorAccess/PositiveAccessTest (T)",
+        "    --- SKIP: TestSecureAcceleratorAccess/NegativeIsolationTest (T)",
     ]
-    assert "    --- SKIP: TestSecureAcceleratorAccess/NegativeIsolationTest (T)" in lines
-    assert "    --- FAIL: TestGangScheduling/NegativeGangScheduling (T)" in lines
-    assert "--- FAIL: TestGangScheduling (T)" in lines
+    gang = lines.index("--- FAIL: TestGangScheduling (T)")
+    assert lines[gang + 1:gang + 4] == [
+        "    --- PASS: TestGangScheduling/PositiveGangScheduling (T)",
+        "    --- FAIL: TestGangScheduling/NegativeGangScheduling (T)",
+        "    --- FAIL: TestGangScheduling/ResourcesReleased (T)",
+    ]
     assert re.search(r"^--- FAIL: TestGangScheduling \(\d+\.\d\ds\)$", text, re.M)
     assert lines[-2] == "FAIL"
     assert lines[-1].startswith(f"FAIL\t{GO_PACKAGE}\t")
@@ -108,9 +116,14 @@ def test_results_json_is_a_test2json_stream() -> None:
     assert ends["TestGangScheduling"] == "fail"
     # Each test's output events, joined, are its go test -v lines; all of them together are the e2e.log.
     assert "".join(e["Output"] for e in events if e["Action"] == "output") == e2e_log(rec.events)
-    # Every run is matched by exactly one end, after it.
+    # Every run is matched by exactly one end, after it; a parent ends after its subtests, as test2json has it.
     runs = [e["Test"] for e in events if e["Action"] == "run"]
     assert sorted(runs) == sorted(ends)
+    order = [e["Test"] for e in events if e["Action"] in ("pass", "fail", "skip") and "Test" in e]
+    assert order.index("TestGangScheduling") > order.index("TestGangScheduling/ResourcesReleased")
+    for e in events:
+        if e["Action"] == "output" and "--- " in e["Output"]:
+            assert e["Output"].strip().split(": ", 1)[1].startswith(e["Test"] + " (")
 
 
 def test_rfc3339_trims_like_go() -> None:

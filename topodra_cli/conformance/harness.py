@@ -46,6 +46,7 @@ class Recorder:
         self.listener = listener
         self.clock = clock
         self.started_at = clock()
+        self._pending: dict[str, list[CheckResult]] = {}  # parent -> its ended subtests, reported after it
         self.events.append(GoEvent(self.started_at, "start"))
 
     def _out(self, test: str, text: str) -> None:
@@ -69,12 +70,23 @@ class Recorder:
                 self.listener.logged(r, part)
 
     def end(self, r: CheckResult) -> None:
+        """As go test -v reports: a subtest's `--- PASS` line (and its end event) waits for its parent's,
+        then follows it, indented."""
         r.elapsed = max(self.clock() - r.started, 0.0)
-        word = {Status.PASS: "PASS", Status.FAIL: "FAIL", Status.SKIP: "SKIP"}[r.status]
-        self._out(r.name, f"{'    ' * r.depth}--- {word}: {r.name} ({_fmt_elapsed(r.elapsed)})\n")
-        self.events.append(GoEvent(self.clock(), r.status.value, r.name, elapsed=round(r.elapsed, 3)))
         if self.listener:
             self.listener.finished(r)
+        if r.depth:
+            self._pending.setdefault(r.parent, []).append(r)
+            return
+        for done in (r, *self._pending.pop(r.name, [])):
+            word = {Status.PASS: "PASS", Status.FAIL: "FAIL", Status.SKIP: "SKIP"}[done.status]
+            self._out(done.name, f"{'    ' * done.depth}--- {word}: {done.name} ({_fmt_elapsed(done.elapsed)})\n")
+            if done is not r:
+                self._end_event(done)
+        self._end_event(r)
+
+    def _end_event(self, r: CheckResult) -> None:
+        self.events.append(GoEvent(self.clock(), r.status.value, r.name, elapsed=round(r.elapsed, 3)))
 
     def finish(self) -> bool:
         """The package's closing lines; True when nothing failed."""
