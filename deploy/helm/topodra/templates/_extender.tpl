@@ -22,7 +22,7 @@
   - --follow-lease={{ include "topodra.followLease" . }}
   - --log-level={{ $e.logLevel }}
   env:
-  {{- include "topodra.apiEnv" . | nindent 2 }}
+  {{- with (include "topodra.apiEnv" .) }}{{ . | nindent 2 }}{{ end }}
   - {name: TMPDIR, value: /tmp}
   ports:
   - {name: https, containerPort: {{ $e.port }}}

@@ -39,11 +39,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
 {{- define "topodra.imagePullSecrets" -}}
-{{- with .Values.imagePullSecrets }}
 imagePullSecrets:
-{{- range . }}
+{{- range .Values.imagePullSecrets }}
 - name: {{ if kindIs "string" . }}{{ . }}{{ else }}{{ .name }}{{ end }}
-{{- end }}
 {{- end }}
 {{- end -}}
 
@@ -136,12 +134,10 @@ extenders:
 
 {{/* KUBERNETES_SERVICE_HOST/PORT for clusters where the kubernetes Service is not routable from pods. */}}
 {{- define "topodra.apiEnv" -}}
-{{- with .Values.kubernetesApi.host }}
-- {name: KUBERNETES_SERVICE_HOST, value: {{ . | quote }}}
-{{- end }}
-{{- with .Values.kubernetesApi.port }}
-- {name: KUBERNETES_SERVICE_PORT, value: {{ . | toString | quote }}}
-{{- end }}
+{{- $env := list -}}
+{{- with .Values.kubernetesApi.host }}{{ $env = append $env (dict "name" "KUBERNETES_SERVICE_HOST" "value" (toString .)) }}{{ end -}}
+{{- with .Values.kubernetesApi.port }}{{ $env = append $env (dict "name" "KUBERNETES_SERVICE_PORT" "value" (toString .)) }}{{ end -}}
+{{- range $i, $e := $env }}{{ if $i }}{{ "\n" }}{{ end }}- {name: {{ $e.name }}, value: {{ $e.value | quote }}}{{ end -}}
 {{- end -}}
 
 {{/* Restricted container security context (non-root, read-only root, no capabilities). */}}
