@@ -50,6 +50,18 @@ def on_real_node(test: F) -> F:
     return test
 K8S_VERSION = "v1.37.2"
 IMPORTS = "import grpc, orjson, kubernetes, structlog, prometheus_client; print('imports-ok')"
+# Every module of topodra imports in the image (a missing wheel or library would show here, not in a pod).
+IMPORT_ALL = """
+import importlib, pkgutil
+bad = []
+for pkg in ("driver", "scheduler_plugin", "kubeaccess", "topodra_cli"):
+    for info in pkgutil.walk_packages(importlib.import_module(pkg).__path__, pkg + "."):
+        try:
+            importlib.import_module(info.name)
+        except Exception as e:
+            bad.append(f"{info.name}: {e!r}")
+print("\\n".join(bad) or "all-modules-ok")
+"""
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +208,7 @@ def test_image_runs_with_ctr(node: RealNode, loaded: Image) -> None:
     assert "--node-name" in _ctr_run(node, loaded.name, "topodra", "driver", "--help")
     assert "usage" in _ctr_run(node, loaded.name, "topodra", "extender", "--help").lower()
     assert "imports-ok" in _ctr_run(node, loaded.name, "python3", "-c", IMPORTS)
+    assert _ctr_run(node, loaded.name, "python3", "-c", IMPORT_ALL).strip() == "all-modules-ok"
     # As nonroot, with the root filesystem read-only: nothing is written at start.
     out = _ctr_run(node, loaded.name, "sh", "-c", f"id -u; topodra version; python3 -c \"{IMPORTS}\"",
                    extra=("--user", str(NONROOT_UID), "--read-only"))
