@@ -381,9 +381,28 @@ def test_upgrade_keeps_the_extender_certificates(cluster: LocalCluster, release:
     san = srv.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "127.0.0.1" in [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
     assert "localhost" in san.get_values_for_type(x509.DNSName)
-    # A changed value rolls the pods but keeps every certificate and the CA kube-scheduler trusts.
+    ext_kind = "daemonset" if mode == "cluster" else "deployment"
+    ext_obj = ext if mode == "cluster" else f"{name}-topodra-scheduler"
+
+    def template(kind: str, obj: str) -> dict[str, Any]:
+        got = kubectl(cluster, "-n", ns, "get", kind, obj, "-o", "yaml")
+        assert got.returncode == 0, got.stderr
+        spec: dict[str, Any] = yaml.safe_load(got.stdout)["spec"]["template"]
+        return spec
+
+    ext_before = template(ext_kind, ext_obj)
+    driver_before = template("daemonset", f"{name}-topodra-driver")
+    # A driver-only change rolls the drivers, not the extender (which, in mode cluster, would need the
+    # extender out of kube-scheduler's path first).
+    _install(cluster, "upgrade", name, ns, f"scheduler.mode={mode}", "extender.tls.clientAuth=true",
+             "driver.logLevel=debug")
+    assert template(ext_kind, ext_obj) == ext_before
+    assert template("daemonset", f"{name}-topodra-driver") != driver_before
+    # A changed extender value rolls the extender pods; every certificate and the CA kube-scheduler trusts stay.
     _install(cluster, "upgrade", name, ns, f"scheduler.mode={mode}", "extender.tls.clientAuth=true",
              "extender.weight=7", "driver.logLevel=debug")
+    after = template(ext_kind, ext_obj)["metadata"]["annotations"]
+    assert after["checksum/scheduler-config"] != ext_before["metadata"]["annotations"]["checksum/scheduler-config"]
     assert _secrets(cluster, ns) == first
     # Turning client auth off and on again issues a client certificate from the same CA.
     _install(cluster, "upgrade", name, ns, f"scheduler.mode={mode}", "extender.tls.clientAuth=false")
