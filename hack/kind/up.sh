@@ -51,6 +51,7 @@ for n in doc["nodes"]:
     print(n["name"], " ".join(f"{k}={v}" for k, v in labels.items()))
 PY
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
+kubectl label namespace "$NS" pod-security.kubernetes.io/enforce=privileged --overwrite
 kubectl -n "$NS" create configmap topodra-topology --from-file=topology.yaml="$TOPOLOGY" \
   --dry-run=client -o yaml | kubectl apply -f -
 
