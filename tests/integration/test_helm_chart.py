@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -422,3 +423,59 @@ def test_server_side_dry_run_install(cluster: LocalCluster, release: tuple[str, 
     r = helm("install", name, str(CHART), "-n", ns, "-f", str(REAL_GPUS), "--set", "deviceClasses.create=false",
              "--dry-run=server", kubeconfig=cluster.kubeconfig)
     assert "kind: ValidatingAdmissionPolicy" in r.stdout
+
+
+def test_opt_in_resource_keeps_other_pods_off_the_extender(cluster: LocalCluster, namespace: str,
+                                                           tmp_path: Path) -> None:
+    """With extender.optInResource, kube-scheduler (the chart's configuration, the extender unreachable)
+    still places pods that do not request the resource, and only those that do wait for the extender."""
+    from kubernetes import client
+
+    from topodra_cli.localcluster.processes import free_port
+
+    name = f"optin-{uuid.uuid4().hex[:6]}"
+    docs = render("scheduler.mode=own", f"scheduler.name={name}", "extender.optInResource=topodra.dev/placement")
+    cfg = yaml.safe_load(find(docs, "ConfigMap", "t-topodra-scheduler-config")["data"]["kube-scheduler-config.yaml"])
+    cfg["clientConnection"]["kubeconfig"] = str(cluster.dir / "scheduler.kubeconfig")
+    cfg["leaderElection"] = {"leaderElect": False}  # the cluster's scheduler user may not hold the chart's Lease
+    ext = cfg["extenders"][0]
+    assert ext["managedResources"] == [{"name": "topodra.dev/placement", "ignoredByScheduler": True}]
+    ext["urlPrefix"] = f"https://127.0.0.1:{free_port()}/v1"  # nothing listens: the extender is down
+    ext["tlsConfig"] = {"serverName": "127.0.0.1", "caFile": str(cluster.pki_dir / "ca.crt")}
+    path = tmp_path / "sched.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    log = (tmp_path / "scheduler.log").open("ab")
+    proc = subprocess.Popen([str(cluster.bin_dir / "kube-scheduler"), f"--config={path}", "--bind-address=127.0.0.1",
+                             f"--secure-port={free_port()}"], stdout=log, stderr=subprocess.STDOUT)
+    node = f"optin-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(cluster.api_client())
+    try:
+        cluster.add_fake_node(node, {"topodra.dev/opt-in-test": node})
+
+        def pod(pod_name: str, opt_in: bool) -> dict[str, Any]:
+            c: dict[str, Any] = {"name": "c", "image": "stand-in:never-run"}
+            if opt_in:
+                c["resources"] = {"limits": {"topodra.dev/placement": "1"}}
+            return {"metadata": {"name": pod_name},
+                    "spec": {"schedulerName": name, "nodeSelector": {"topodra.dev/opt-in-test": node},
+                             "containers": [c]}}
+
+        core.create_namespaced_pod(namespace, pod("plain", False))
+        core.create_namespaced_pod(namespace, pod("opted-in", True))
+        deadline = time.monotonic() + 60
+        while not core.read_namespaced_pod("plain", namespace).spec.node_name:
+            assert time.monotonic() < deadline, (tmp_path / "scheduler.log").read_text()[-3000:]
+            time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        while True:
+            events = [e.message or "" for e in core.list_namespaced_event(
+                namespace, field_selector="involvedObject.name=opted-in").items]
+            if any("/v1/filter" in m and "connection refused" in m for m in events):
+                break
+            assert time.monotonic() < deadline, events
+            time.sleep(0.5)
+        assert not core.read_namespaced_pod("opted-in", namespace).spec.node_name
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        core.delete_node(node)

@@ -128,7 +128,14 @@ extenders:
   httpTimeout: {{ $e.httpTimeout | default "2s" }}
   {{- end }}
   nodeCacheCapable: true
+  {{- if $e.optInResource }}
+  # Only pods that request this extended resource are sent to the extender (filter, prioritize, bind);
+  # kube-scheduler does not count it, and the kubelet admits pods whose node does not advertise it.
+  managedResources:
+  - {name: {{ $e.optInResource | quote }}, ignoredByScheduler: true}
+  {{- else }}
   managedResources: []
+  {{- end }}
   ignorable: {{ $e.ignorable }}
 {{- end -}}
 
