@@ -7,12 +7,15 @@ test_real_node.py) and run it both with `ctr run` and as pods, root and nonroot 
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import io
 import json
 import os
+import shutil
 import statistics
 import tarfile
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -267,3 +270,63 @@ def test_kube_scheduler_binary_image_runs(cluster: LocalCluster, node: RealNode,
     assert node.name in load_into_nodes([image], cluster.dir)
     out = _ctr_run(node, image.name, "kube-scheduler", "--version")
     assert K8S_VERSION in out
+
+
+def _epoch(rfc3339nano: str) -> float:
+    """A kubelet log timestamp (UTC, trailing zeros of the fraction trimmed) as seconds since the epoch."""
+    base, _, frac = rfc3339nano.rstrip("Z").partition(".")
+    whole = datetime.datetime.fromisoformat(base).replace(tzinfo=datetime.UTC).timestamp()
+    return whole + float("0." + (frac or "0"))
+
+
+@on_real_node
+def test_driver_in_the_image_registers_with_the_kubelet(
+    cluster: LocalCluster, node: RealNode, loaded: Image, namespace: str
+) -> None:
+    """The driver as a pod of the image (file backend, hostPath mounts as the chart uses): it registers with the
+    node's kubelet and publishes the node's slices. Prints the time from container start to registered."""
+    from kubernetes import client
+
+    from kubeaccess.sync import KubeClient
+    from tests.e2e.test_real_node import TOPOLOGY, wait_until
+    from tests.fakes.kube import node_slices
+
+    conf = Path(tempfile.mkdtemp(prefix="timg-", dir="/tmp"))
+    shutil.copyfile(cluster.kubeconfig, conf / "kubeconfig")
+    (conf / "topology.yaml").write_text(TOPOLOGY.replace("NODE", node.name))
+    state = conf / "state"
+    state.mkdir()
+    argv = ["topodra", "driver", "--node-name", node.name, "--kubeconfig", str(conf / "kubeconfig"),
+            "--backend", "file", "--topology", str(conf / "topology.yaml"), "--rediscover-interval", "0",
+            "--kubelet-root-dir", str(node.kubelet_root), "--cdi-dir", str(node.cdi_dir), "--state-dir", str(state)]
+    # The kubelet stamps each log line as it arrives: `echo` marks the container's start.
+    pod = real_node_pod("driver", "echo started; exec " + " ".join(argv), node_name=node.name, image=loaded.name)
+    paths = {"conf": conf, "kubelet": node.kubelet_root, "cdi": node.cdi_dir}
+    pod["spec"]["volumes"] = [{"name": n, "hostPath": {"path": str(p), "type": "Directory"}} for n, p in paths.items()]
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": n, "mountPath": str(p)} for n, p in paths.items()]
+    core = client.CoreV1Api(cluster.api_client())
+    core.create_namespaced_pod(namespace, pod)
+    try:
+        def registered() -> bool:
+            try:
+                return '"plugin_registered"' in core.read_namespaced_pod_log("driver", namespace)
+            except client.ApiException:
+                return False
+
+        wait_until(registered, 90, "the driver pod to register with the kubelet", node)
+        lines = core.read_namespaced_pod_log("driver", namespace, timestamps=True).splitlines()
+        assert lines[0].split()[1] == "started"
+        started = _epoch(lines[0].split()[0])
+        stamp = next(ln.split()[0] for ln in lines if '"plugin_registered"' in ln)
+        print(f"driver container start -> registered with the kubelet: {_epoch(stamp) - started:.2f}s")
+        kube = KubeClient.load(str(cluster.kubeconfig))
+
+        def devices() -> list[str]:
+            return sorted(d["name"] for s in node_slices(kube, node.name) for d in s["spec"].get("devices") or ())
+
+        wait_until(lambda: devices() == ["gpu-0", "gpu-1", "nic-0"], 60, "the node's ResourceSlices", node)
+        assert (node.kubelet_root / "plugins_registry").is_dir()
+    finally:
+        core.delete_namespaced_pod("driver", namespace, grace_period_seconds=5)
+        wait_until(lambda: not node.container_tasks(), 60, "the driver container to stop", node)
+        shutil.rmtree(conf, ignore_errors=True)
