@@ -262,9 +262,9 @@ def image_config(version: str) -> ImageConfig:
     return ImageConfig(
         entrypoint=ENTRYPOINT, env=ENV, user="0", workdir="/",
         labels={"org.opencontainers.image.title": "topodra", "org.opencontainers.image.version": version,
-                "org.opencontainers.image.source": "https://github.com/topodra/topodra",
                 "org.opencontainers.image.licenses": "Apache-2.0",
-                "org.opencontainers.image.base.name": "debian:bookworm (packages in hack/image/debian.lock)"},
+                "org.opencontainers.image.description": "topodra DRA driver and scheduler extender; Python 3.11 "
+                f"and libraries from Debian 12 ({DEBIAN_RELEASE}) packages"},
     )
 
 
