@@ -87,6 +87,13 @@ class RealNode:
         return self.containerd.socket
 
     @property
+    def kubelet_root_seen_by_node(self) -> Path:
+        """The kubelet's --root-dir. An isolated node's kubelet uses the real node's path: the sockets it
+        dials there (per-pod registration sockets with a UID in the name) must stay under the 107-byte
+        limit of a unix socket path, which the node dir under /tmp would exceed."""
+        return Path("/var/lib/kubelet") if self.isolated else self.kubelet_root
+
+    @property
     def kubelet_root(self) -> Path:
         return self.dir / "kubelet"
 
@@ -170,7 +177,8 @@ class RealNode:
                 f"node name {self.name!r} does not resolve to a loopback address; the apiserver reaches the "
                 f"kubelet by that name. Use {default_node_name()!r} or add '127.0.0.1 {self.name}' to /etc/hosts"
             )
-        too_long = socket_path_problems(Path(f"{self.containerd.socket}.ttrpc"), self.registration_socket())
+        too_long = socket_path_problems(Path(f"{self.containerd.socket}.ttrpc"),
+                                        *(() if self.isolated else (self.registration_socket(),)))
         if too_long:
             raise ClusterError(too_long[0])
         if self.topology is not None:
@@ -239,7 +247,7 @@ class RealNode:
                              client_ca=ca.cert, feature_gates=feature_gates)
         cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
         argv = kubelet_argv(self.cluster.bin_dir / "kubelet", config=cfg, kubeconfig=self.kubeconfig,
-                            root_dir=self.kubelet_root, cert_dir=self.dir / "pki" / "kubelet-serving",
+                            root_dir=self.kubelet_root_seen_by_node, cert_dir=self.dir / "pki" / "kubelet-serving",
                             node_name=self.name, node_ip=st.node_ip)
         # The kubelet finds runc and the shim on PATH; containerd's bin dir first.
         path = f"{self.containerd.bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
