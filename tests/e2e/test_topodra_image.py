@@ -309,7 +309,7 @@ def test_driver_in_the_image_registers_with_the_kubelet(
     try:
         def registered() -> bool:
             try:
-                return '"plugin_registered"' in core.read_namespaced_pod_log("driver", namespace)
+                return '"plugin_registered"' in (core.read_namespaced_pod_log("driver", namespace) or "")
             except client.ApiException:
                 return False
 
