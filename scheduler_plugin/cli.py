@@ -39,6 +39,11 @@ def register(sub: Any) -> None:
                    help="schedulerName of the pods to plan (repeatable; default: default-scheduler)")
     p.add_argument("--bind-hold-seconds", type=float, default=20.0,
                    help="how long a gang member's bind call is held (keep below the scheduler's httpTimeout)")
+    p.add_argument("--handover-dir", type=Path, default=None,
+                   help="hand the port over to a replacement on this node without a gap (a directory shared with "
+                        "it, see scheduler_plugin/handover.py); the cluster's own kube-scheduler needs this")
+    p.add_argument("--handover-grace", type=float, default=30.0,
+                   help="with --handover-dir: how long a stopping extender keeps serving while no successor is ready")
     p.add_argument("--follow-lease", default=env("TOPODRA_FOLLOW_LEASE", ""), metavar="NAMESPACE/NAME",
                    help="HA: be active only while the kube-scheduler this replica serves holds this Lease "
                         "(e.g. kube-system/kube-scheduler); default: always active (env TOPODRA_FOLLOW_LEASE)")
@@ -140,6 +145,7 @@ async def _serve(a: argparse.Namespace, cfg: Any, creds: Any) -> None:
     from scheduler_plugin.cache import GANG_KINDS, KINDS, Cache
     from scheduler_plugin.gang.coordinator import Coordinator
     from scheduler_plugin.gang.store import GroupStore
+    from scheduler_plugin.handover import Handover
     from scheduler_plugin.index import Index
     from scheduler_plugin.leadership import ActiveWork, LeaseFollower, LeaseRef
     from scheduler_plugin.metrics import Metrics
@@ -170,6 +176,13 @@ async def _serve(a: argparse.Namespace, cfg: Any, creds: Any) -> None:
             steering.coordinator = coordinator
         return steering, coordinator
 
+    handover = Handover(a.handover_dir, a.handover_grace) if a.handover_dir else None
+    if handover is not None:
+        # Sync while the predecessor still serves, then take its place: nothing of ours acts before that.
+        await cache.start()
+        while not cache.synced:
+            await asyncio.sleep(0.1)
+        await handover.acquire()
     ext = Extender(cfg, index, metrics, cache, require_client_cert=a.client_ca is not None)
     work = ActiveWork(build, index, ext, metrics)
     follower: LeaseFollower | None = None
@@ -184,7 +197,8 @@ async def _serve(a: argparse.Namespace, cfg: Any, creds: Any) -> None:
     await runner.setup()
     site = web.TCPSite(runner, a.listen, a.port, ssl_context=tls, reuse_address=True)
     await site.start()
-    await cache.start()
+    if handover is None:
+        await cache.start()
     freezer = asyncio.create_task(_freeze_when_synced(cache))
     follow_task = asyncio.create_task(follower.run(), name="follow-lease") if follower is not None else None
     log.info("serving", listen=a.listen, port=a.port, tls=tls is not None, client_ca=str(a.client_ca or ""),
@@ -195,11 +209,17 @@ async def _serve(a: argparse.Namespace, cfg: Any, creds: Any) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if handover is not None:
+        await handover.wait_for_successor()
     log.info("stopping")
     freezer.cancel()
     if follow_task is not None:
         follow_task.cancel()
     await work.stop("the extender is stopping", drain=True)
+    if handover is not None:  # free the port and the lock first: the successor is waiting
+        await runner.cleanup()
+        handover.release()
     await cache.stop()
     await api.close()
-    await runner.cleanup()
+    if handover is None:
+        await runner.cleanup()

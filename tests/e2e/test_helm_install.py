@@ -17,6 +17,7 @@ kube-scheduler (mode own) on the same nodes.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import ssl
 import subprocess
@@ -34,6 +35,7 @@ import yaml
 
 from driver.model import DRIVER_NAME
 from tests.conftest import _session_cluster
+from tests.e2e.test_real_node import PROBE, parse_probe, spec_edits
 from topodra_cli import __version__
 from topodra_cli.localcluster import LocalCluster
 from topodra_cli.localcluster.binaries import repo_root
@@ -42,6 +44,7 @@ from topodra_cli.localcluster.kubelet import REAL_NODE_LABEL
 from topodra_cli.localcluster.nodens import HOLDER, enter
 from topodra_cli.localcluster.processes import free_port
 from topodra_cli.localcluster.realnode import RealNode
+from topodra_cli.testing.objects import STD, gpu_nic_template
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
@@ -360,3 +363,267 @@ def test_install_runs_the_driver_on_every_node_and_wires_the_scheduler(chart: Ch
         [n["metadata"]["name"] for n in (answer.get("nodes") or answer.get("Nodes") or {}).get("items") or ()]
     assert sorted(passed) == sorted(names), answer
 
+
+
+def _template(env: ChartEnv, ns: str, name: str, gpus: int = 1, nics: int = 0) -> None:
+    match = f"{STD}/pcieRoot" if gpus and nics else None
+    _create(env, ns, gpu_nic_template(None, name, gpus=gpus, nics=nics, match=match))
+
+
+def _wait_phase(env: ChartEnv, ns: str, name: str, phases: tuple[str, ...], timeout: float = 120) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        pod = _pod(env, ns, name)
+        phase = pod["status"].get("phase")
+        if phase in phases:
+            return pod
+        if phase in ("Failed", "Succeeded"):
+            raise AssertionError(f"pod {ns}/{name} ended {phase}, wanted {phases}")
+        return None
+
+    pod: dict[str, Any] = wait_for(check, timeout, f"pod {ns}/{name} to be {phases}", env)
+    return pod
+
+
+def _node(env: ChartEnv, name: str) -> RealNode:
+    return next(n for n in env.nodes if n.name == name)
+
+
+def _claim_of(env: ChartEnv, ns: str, pod: dict[str, Any]) -> dict[str, Any]:
+    (st,) = pod["status"]["resourceClaimStatuses"]
+    out: dict[str, Any] = json.loads(env.kubectl("get", "resourceclaim", "-n", ns, st["resourceClaimName"],
+                                                 "-o", "json"))
+    return out
+
+
+def test_user_pod_is_placed_through_the_extender_and_sees_exactly_its_devices(chart: ChartEnv) -> None:
+    """An aligned GPU + NIC claim: placed via the extender (its metrics count the calls), allocated to the pair
+    on one PCIe root, and inside the container exactly the CDI spec's environment and device nodes."""
+    env = chart
+    ns = _namespace(env)
+    before = _metric_sum(_extender_metrics(env), "topodra_extender_requests_total")
+    _template(env, ns, "pair", gpus=1, nics=1)
+    sync = env.base / "sync" / ns
+    sync.mkdir(parents=True)
+    pod = _user_pod("probe", PROBE + "; while [ ! -e /sync/go ]; do sleep 0.1; done", [("acc", "pair")])
+    pod["spec"]["volumes"] = [{"name": "sync", "hostPath": {"path": str(sync), "type": "Directory"}}]
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "sync", "mountPath": "/sync"}]
+    _create(env, ns, pod)
+    running = _wait_phase(env, ns, "probe", ("Running",))
+    node = _node(env, running["spec"]["nodeName"])
+    claim = _claim_of(env, ns, running)
+    results = claim["status"]["allocation"]["devices"]["results"]
+    assert sorted((r["request"], r["device"]) for r in results) == [("gpu", "gpu-1"), ("nic", "nic-0")]
+    assert {r["pool"] for r in results} == {node.name}
+    spec_file = node.cdi_dir / f"{DRIVER_NAME}-{claim['metadata']['uid']}.json"
+    spec = json.loads(spec_file.read_text())
+    want_env, want_nodes = spec_edits(spec)
+    wait_for(lambda: "==end" in env.kubectl("logs", "-n", ns, "probe"), 30, "the probe's output", env)
+    seen = parse_probe(env.kubectl("logs", "-n", ns, "probe"))
+    # A claimless probe on the same node: what every container sees anyway.
+    base_pod = _user_pod("baseline", PROBE)
+    base_pod["spec"]["nodeSelector"]["kubernetes.io/hostname"] = node.name
+    _create(env, ns, base_pod)
+    _wait_phase(env, ns, "baseline", ("Succeeded",))
+    baseline = parse_probe(env.kubectl("logs", "-n", ns, "baseline"))
+    got_env = {k: v for k, v in seen.env.items() if k not in baseline.env}
+    assert got_env == want_env, f"environment beyond a claimless pod's: {got_env}; spec: {want_env}"
+    got_devs = {p: mm for p, mm in seen.devices.items() if p not in baseline.devices}
+    assert set(got_devs) == set(want_nodes), f"device nodes {got_devs}; spec {want_nodes}"
+    for path, host in want_nodes.items():
+        st = os.stat(env.host_path(node, host))
+        assert got_devs[path] == (os.major(st.st_rdev), os.minor(st.st_rdev)), path
+    assert want_env.get("TOPODRA_NET_INTERFACES") == "eth9"
+    (sync / "go").touch()
+    _wait_phase(env, ns, "probe", ("Succeeded",))
+    after = _metric_sum(_extender_metrics(env), "topodra_extender_requests_total")
+    assert after > before, f"the extender counted no calls ({before} -> {after})"
+    env.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+def _delete_pod(env: ChartEnv, component: str, node: str) -> str:
+    (pod,) = [p for p in _pods(env, component) if p["spec"]["nodeName"] == node
+              and not p["metadata"].get("deletionTimestamp")]
+    env.kubectl("delete", "pod", "-n", NS, pod["metadata"]["name"], "--wait=false")
+    return str(pod["metadata"]["uid"])
+
+
+def _replaced(env: ChartEnv, component: str, node: str, old_uid: str) -> bool:
+    ready = _ready_on(env, component)
+    return node in ready and ready[node]["metadata"]["uid"] != old_uid
+
+
+def _kill_extender(env: ChartEnv) -> tuple[str, int]:
+    """SIGKILL the serving extender's process (a crash); the kubelet restarts the container in place."""
+    (pod,) = [p for p in _pods(env, "extender") if p["spec"]["nodeName"] == env.control_plane.name]
+    status = next(c for c in pod["status"]["containerStatuses"] if c["name"] == "extender")
+    cid = status["containerID"].split("://", 1)[1]
+    env.control_plane.ctr("tasks", "kill", "-s", "SIGKILL", cid)
+    return str(pod["metadata"]["name"]), int(status.get("restartCount", 0))
+
+
+def _restarted(env: ChartEnv, name: str, count: int) -> bool:
+    pod = json.loads(env.kubectl("get", "pod", "-n", NS, name, "-o", "json"))
+    status = next(c for c in pod["status"]["containerStatuses"] if c["name"] == "extender")
+    return int(status.get("restartCount", 0)) > count and _ready(pod)
+
+
+def test_killing_the_extender_during_a_stream_of_pods_and_a_gang_loses_nothing(chart: ChartEnv) -> None:
+    """The serving extender's process is killed while single pods and a gang Job are pending: the kubelet
+    restarts it (no scheduling needed; a deleted pod would need the extender to be scheduled, see
+    docs/install.md), every pod runs to completion, the gang is never partially bound."""
+    from kubernetes import client
+
+    from tests.gang_invariants import GangInvariants, default_gang_of
+
+    env = chart
+    ns = _namespace(env)
+    _template(env, ns, "one-gpu", gpus=1)
+    job_pod = _user_pod("w", "echo member; sleep 1", [("gpu", "one-gpu")])
+    job = {"apiVersion": "batch/v1", "kind": "Job",
+           "metadata": {"name": "gang", "labels": {"topodra.dev/gang": "true"}},
+           "spec": {"parallelism": 2, "completions": 2, "backoffLimit": 0,
+                    "template": {"metadata": {}, "spec": job_pod["spec"]}}}
+    singles = [f"single-{i}" for i in range(4)]
+    with GangInvariants(env.cluster.api_client(), [ns], default_gang_of(job_sizes={"gang": 2})) as inv:
+        _create(env, ns, _user_pod(singles[0], "echo one", [("gpu", "one-gpu")]))
+        pod_name, restarts = _kill_extender(env)
+        _create(env, ns, job)
+        for name in singles[1:]:
+            _create(env, ns, _user_pod(name, "echo one", [("gpu", "one-gpu")]))
+        wait_for(lambda: _restarted(env, pod_name, restarts), 120, "the kubelet to restart the extender", env)
+        for name in singles:
+            _wait_phase(env, ns, name, ("Succeeded",), timeout=180)
+        batch = client.BatchV1Api(env.cluster.api_client())
+        wait_for(lambda: any(c.type == "Complete" and c.status == "True" for c in
+                             (batch.read_namespaced_job_status("gang", ns).status.conditions or [])),
+                 180, "the gang Job to complete", env)
+    assert inv.counters.gangs_fully_bound >= 1
+    env.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+def test_deleting_a_driver_pod_under_a_running_pod_keeps_it_running(chart: ChartEnv) -> None:
+    """The replacement driver registers; the user pod keeps running; its claim is unprepared when it ends."""
+    env = chart
+    ns = _namespace(env)
+    _template(env, ns, "one-gpu", gpus=1)
+    sync = env.base / "sync" / ns
+    sync.mkdir(parents=True)
+    pod = _user_pod("holder", "echo started; while [ ! -e /sync/go ]; do sleep 0.1; done", [("gpu", "one-gpu")])
+    pod["spec"]["volumes"] = [{"name": "sync", "hostPath": {"path": str(sync), "type": "Directory"}}]
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "sync", "mountPath": "/sync"}]
+    _create(env, ns, pod)
+    running = _wait_phase(env, ns, "holder", ("Running",))
+    node = _node(env, running["spec"]["nodeName"])
+    claim = _claim_of(env, ns, running)
+    spec_file = node.cdi_dir / f"{DRIVER_NAME}-{claim['metadata']['uid']}.json"
+    assert spec_file.is_file()
+    container_id = running["status"]["containerStatuses"][0]["containerID"]
+    old = _delete_pod(env, "driver", node.name)
+    wait_for(lambda: _replaced(env, "driver", node.name, old), 120, "a new ready driver pod", env)
+    still = _pod(env, ns, "holder")
+    assert still["status"]["phase"] == "Running"
+    assert still["status"]["containerStatuses"][0]["containerID"] == container_id  # same container
+    assert spec_file.is_file()
+    (sync / "go").touch()
+    _wait_phase(env, ns, "holder", ("Succeeded",))
+    env.kubectl("delete", "pod", "-n", ns, "holder")
+    wait_for(lambda: not spec_file.exists(), 100, "the claim to be unprepared (CDI spec removed)", env)
+    env.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+def _secret_data(env: ChartEnv) -> dict[str, dict[str, str]]:
+    out = json.loads(env.kubectl("get", "secrets", "-n", NS, "-o", "json"))
+    return {s["metadata"]["name"]: s.get("data") or {} for s in out["items"] if s["type"] == "kubernetes.io/tls"}
+
+
+def test_helm_upgrade_rolls_the_driver_without_failed_prepares_and_keeps_the_certificates(chart: ChartEnv) -> None:
+    env = chart
+    secrets = _secret_data(env)
+    assert secrets
+    drivers = {n: p["metadata"]["uid"] for n, p in _ready_on(env, "driver").items()}
+    extenders = {n: p["metadata"]["uid"] for n, p in _ready_on(env, "extender").items()}
+    # A user pod prepared across the roll.
+    ns = _namespace(env)
+    _template(env, ns, "one-gpu", gpus=1)
+    _create(env, ns, _user_pod("during", "sleep 6; echo ok", [("gpu", "one-gpu")]))
+    env.helm("upgrade", RELEASE, str(CHART), "-n", NS, "-f", str(env.values_file), "--set", "driver.logLevel=debug")
+
+    def rolled() -> bool:
+        now = _ready_on(env, "driver")
+        return set(now) == set(drivers) and all(now[n]["metadata"]["uid"] != u for n, u in drivers.items())
+
+    wait_for(rolled, 240, "every driver pod replaced by the upgrade", env)
+    _wait_phase(env, ns, "during", ("Succeeded",), timeout=180)
+    assert _secret_data(env) == secrets, "helm upgrade replaced the extender's certificates"
+    assert {n: p["metadata"]["uid"] for n, p in _ready_on(env, "extender").items()} == extenders, \
+        "a driver-only change restarted the extender"
+    # An extender change rolls the extender with a surge pod scheduled through the old one, which then
+    # hands the port over: scheduling goes on across the roll.
+    env.helm("upgrade", RELEASE, str(CHART), "-n", NS, "-f", str(env.values_file), "--set", "driver.logLevel=debug",
+             "--set", "extender.logLevel=debug")
+    _create(env, ns, _user_pod("across", "sleep 2; echo ok", [("gpu", "one-gpu")]))
+
+    def extender_rolled() -> bool:
+        now = _ready_on(env, "extender")
+        return set(now) == set(extenders) and all(now[n]["metadata"]["uid"] != u for n, u in extenders.items()) \
+            and len(_pods(env, "extender")) == len(extenders)
+
+    wait_for(extender_rolled, 180, "the extender rolled by the upgrade", env)
+    _wait_phase(env, ns, "across", ("Succeeded",), timeout=180)
+    _create(env, ns, _user_pod("after", "echo ok", [("gpu", "one-gpu")]))
+    _wait_phase(env, ns, "after", ("Succeeded",), timeout=120)
+    assert _secret_data(env) == secrets
+    events = env.kubectl("get", "events", "-A", "--field-selector", "type=Warning", "-o", "json")
+    failed = [e["message"] for e in json.loads(events)["items"]
+              if "Prepare" in e.get("reason", "") or "prepare" in e.get("message", "").lower()]
+    assert not failed, failed
+    env.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+def test_helm_uninstall_leaves_nothing_behind(chart: ChartEnv) -> None:
+    env = chart
+    # The scheduler first (docs/install.md: uninstall order), then the chart.
+    env.cluster.set_scheduler_base(None)
+    env.helm("uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "120s")
+
+    def leftovers() -> list[str]:
+        found = []
+        for kind in ("daemonsets,deployments,pods,services,configmaps,secrets,serviceaccounts,roles,rolebindings",):
+            out = env.kubectl("get", kind, "-n", NS, "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name")
+            found += out.split()
+        for kind in ("clusterroles", "clusterrolebindings", "deviceclasses", "validatingadmissionpolicies",
+                     "validatingadmissionpolicybindings"):
+            out = env.kubectl("get", kind, "-o", "name")
+            found += [o for o in out.split() if "topodra" in o]
+        found += [f"resourceslice/{n}" for n, _ in _slices(env).items()]
+        for node in env.nodes:
+            found += [str(p) for p in (node.kubelet_root / "plugins_registry").glob(f"{DRIVER_NAME}*")]
+            found += [str(p) for p in node.cdi_dir.glob(f"{DRIVER_NAME}-*.json")]
+        return found
+
+    # The kubelet wipes a driver's ResourceSlices some seconds after the plugin unregisters.
+    wait_for(lambda: not leftovers(), 120, "nothing of topodra left (objects, slices, sockets, CDI specs)", env)
+
+
+def test_own_scheduler_mode_places_opted_in_pods_and_leaves_the_others(chart: ChartEnv) -> None:
+    """Mode own (managed control planes): the chart's kube-scheduler with the extender as a sidecar; only pods
+    with its schedulerName go through it."""
+    env = chart
+    sched_port = free_port()
+    env.helm("install", RELEASE, str(CHART), "-n", NS, "-f", str(env.values_file),
+             "--set", "scheduler.mode=own", "--set", "scheduler.hostNetwork=true",
+             "--set", f"scheduler.port={sched_port}", "--set", "scheduler.replicas=1",
+             "--set", "scheduler.image.pullPolicy=Never",
+             "--set-json", 'scheduler.tolerations=[{"operator":"Exists"}]')
+    wait_for(lambda: len(_ready_on(env, "driver")) == len(env.nodes), 180, "the drivers", env)
+    wait_for(lambda: _ready_on(env, "scheduler"), 180, "the chart's kube-scheduler pod", env)
+    ns = _namespace(env)
+    _template(env, ns, "pair", gpus=1, nics=1)
+    _create(env, ns, _user_pod("opted-in", "echo placed", [("acc", "pair")], scheduler="topodra-scheduler"))
+    _create(env, ns, _user_pod("plain", "echo plain"))
+    done = _wait_phase(env, ns, "opted-in", ("Succeeded",), timeout=180)
+    assert done["spec"]["schedulerName"] == "topodra-scheduler"
+    results = _claim_of(env, ns, done)["status"]["allocation"]["devices"]["results"]
+    assert sorted((r["request"], r["device"]) for r in results) == [("gpu", "gpu-1"), ("nic", "nic-0")]
+    _wait_phase(env, ns, "plain", ("Succeeded",), timeout=120)
+    env.helm("uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "120s")

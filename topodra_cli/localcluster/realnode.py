@@ -78,6 +78,7 @@ class RealNode:
             "/var/lib/kubelet": self.kubelet_root,
             "/var/run/cdi": self.cdi_dir,
             "/etc/kubernetes/topodra": self.dir / "etc-topodra",
+            "/var/run/topodra": self.dir / "run-topodra",
             **self.extra_binds,
         }
 
