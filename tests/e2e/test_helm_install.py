@@ -619,11 +619,22 @@ def test_own_scheduler_mode_places_opted_in_pods_and_leaves_the_others(chart: Ch
     wait_for(lambda: _ready_on(env, "scheduler"), 180, "the chart's kube-scheduler pod", env)
     ns = _namespace(env)
     _template(env, ns, "pair", gpus=1, nics=1)
-    _create(env, ns, _user_pod("opted-in", "echo placed", [("acc", "pair")], scheduler="topodra-scheduler"))
+    _create(env, ns, _user_pod("opted-in", "echo placed; sleep 4", [("acc", "pair")], scheduler="topodra-scheduler"))
     _create(env, ns, _user_pod("plain", "echo plain"))
-    done = _wait_phase(env, ns, "opted-in", ("Succeeded",), timeout=180)
-    assert done["spec"]["schedulerName"] == "topodra-scheduler"
-    results = _claim_of(env, ns, done)["status"]["allocation"]["devices"]["results"]
+    running = _wait_phase(env, ns, "opted-in", ("Running", "Succeeded"), timeout=180)
+    assert running["spec"]["schedulerName"] == "topodra-scheduler"
+    results = _claim_of(env, ns, running)["status"]["allocation"]["devices"]["results"]
     assert sorted((r["request"], r["device"]) for r in results) == [("gpu", "gpu-1"), ("nic", "nic-0")]
+    _wait_phase(env, ns, "opted-in", ("Succeeded",), timeout=60)
     _wait_phase(env, ns, "plain", ("Succeeded",), timeout=120)
+    # The sidecar bound it (bind verb): its metrics count the calls. Its CA is the release's; not checked here.
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
+    with urllib.request.urlopen(f"https://127.0.0.1:{env.extender_port}/metrics", context=insecure, timeout=10) as r:
+        text = r.read().decode()
+    binds = [ln for ln in text.splitlines()
+             if ln.startswith("topodra_extender_requests_total{") and 'verb="bind"' in ln and 'code="200"' in ln]
+    assert binds and float(binds[0].rsplit(" ", 1)[1]) >= 1, \
+        [ln for ln in text.splitlines() if ln.startswith("topodra_extender_requests_total")]
     env.helm("uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "120s")
