@@ -53,6 +53,13 @@ def register(sub: Any) -> None:
                          "DaemonSet expects), and its own node IP (10.250.x.y on lo)")
     an.set_defaults(handler=_add_node)
 
+    li = lsub.add_parser("load-image", help="import OCI image tarballs (default: the topodra image, built if "
+                                            "needed) into every real node's containerd")
+    li.add_argument("tarballs", nargs="*", type=Path, metavar="TARBALL",
+                    help="OCI layout tarballs (e.g. from `make image`); default: build and load the topodra image")
+    li.add_argument("--dir", type=Path, default=None)
+    li.set_defaults(handler=_load_image)
+
 
 def _fail(e: Exception) -> int:
     print(f"topodra local-cluster: {e}", file=sys.stderr)
@@ -132,4 +139,25 @@ def _add_real_node(args: argparse.Namespace) -> int:
     print(f"local-cluster: real node {node.name} Ready (containerd {node.containerd_socket}, kubelet root "
           f"{node.kubelet_root}, logs in {node.dir / 'logs'}); `topodra local-cluster down` stops it", file=sys.stderr)
     print(f"node/{node.name} added")
+    return 0
+
+
+def _load_image(args: argparse.Namespace) -> int:
+    from topodra_cli.imagebuild import build_topodra_image, default_out, load_into_nodes
+    from topodra_cli.localcluster.images import Image
+
+    try:
+        LocalCluster.attach(args.dir)
+        missing = [str(t) for t in args.tarballs if not t.is_file()]
+        if missing:
+            raise ClusterError(f"no such image tarball: {', '.join(missing)}")
+        images = [Image(t.name, t) for t in args.tarballs] or [
+            build_topodra_image(default_out())]
+        nodes = load_into_nodes(images, args.dir)
+    except ClusterError as e:
+        return _fail(e)
+    if not nodes:
+        return _fail(ClusterError("the cluster has no running real node (topodra local-cluster add-node --real)"))
+    for img in images:
+        print(f"{img.tarball} -> {', '.join(nodes)}")
     return 0

@@ -173,7 +173,7 @@ def _values(env_port: int, topology: Path, extender_port: int, metrics_port: int
 
 @pytest.fixture(scope="module")
 def chart() -> Iterator[ChartEnv]:
-    from topodra_cli.imagebuild import build_binary_image, build_topodra_image
+    from topodra_cli.imagebuild import build_binary_image, build_topodra_image, default_out
 
     names = _node_names()
     if len(names) < 2:
@@ -183,7 +183,7 @@ def chart() -> Iterator[ChartEnv]:
     topology.write_text("nodes:" + "".join(
         TOPOLOGY_NODE.format(name=n, tag=f"{i:08x}", n=i) for i, n in enumerate(names)))
     t0 = time.monotonic()
-    image = build_topodra_image(Path.home() / ".cache" / "topodra" / "image")
+    image = build_topodra_image(default_out())
     with _session_cluster("helm-") as cluster:
         sched_image = build_binary_image(SCHEDULER_IMAGE, cluster.bin_dir / "kube-scheduler", base / "images")
         nodes: list[RealNode] = []
