@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import stat
 import tempfile
 import time
 import uuid
@@ -29,11 +27,12 @@ import pytest
 from kubernetes.client import ApiException
 
 from driver.model import DRIVER_NAME
-from tests.e2e.test_real_node import DEV_NODES, TOPOLOGY, device_classes, wait_pod, wait_until
+from tests.e2e.test_real_node import device_classes, wait_pod, wait_until
 from topodra_cli.localcluster import LocalCluster
 from topodra_cli.localcluster.hostcheck import default_node_name, machine_cannot
 from topodra_cli.localcluster.podspec import real_node_pod
 from topodra_cli.localcluster.realnode import RealNode
+from topodra_cli.testing.fakedevices import make_fake_devices
 from topodra_cli.testing.objects import gpu_nic_template
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
@@ -78,23 +77,12 @@ class Node:
 @pytest.fixture(scope="module")
 def rn(cluster: LocalCluster) -> Iterator[Node]:
     base = Path(tempfile.mkdtemp(prefix="tdrec-", dir="/tmp"))
-    dev, sysfs = base / "dev", base / "sys"
-    for rel, major, minor in DEV_NODES:
-        (dev / rel).parent.mkdir(parents=True, exist_ok=True)
-        os.mknod(dev / rel, stat.S_IFCHR | 0o666, os.makedev(major, minor))
-    verbs = sysfs / "class" / "infiniband_verbs" / "uverbs0"
-    verbs.mkdir(parents=True)
-    (verbs / "ibdev").write_text("mlx5_0\n")
-    (sysfs / "class" / "net" / "ib0").mkdir(parents=True)
-    (sysfs / "class" / "net" / "ib0" / "operstate").write_text("up\n")
+    name = default_node_name()
+    fake = make_fake_devices(base, name)
     boot_id = base / "boot_id"
     boot_id.write_text(f"{uuid.uuid4()}\n")
-    name = default_node_name()
-    (base / "topology.yaml").write_text(TOPOLOGY.replace("NODE", name))
-    node = RealNode(cluster, name, topology=base / "topology.yaml", driver_args=(
-        "--dev-root", str(dev), "--sysfs-root", str(sysfs), "--rediscover-interval", "0",
-        "--boot-id-file", str(boot_id),
-    ))
+    node = RealNode(cluster, name, topology=fake.topology,
+                    driver_args=(*fake.driver_args(), "--boot-id-file", str(boot_id)))
     node.start()
     try:
         node.wait_driver_registered(timeout=60)

@@ -384,6 +384,17 @@ def _wait_phase(env: ChartEnv, ns: str, name: str, phases: tuple[str, ...], time
     return pod
 
 
+def _create_waiting_pod(env: ChartEnv, ns: str, name: str, command: str, claims: list[tuple[str, str]]) -> Path:
+    """A pod that runs `command`, then waits until `<returned dir>/go` exists (a hostPath it shares)."""
+    sync = env.base / "sync" / f"{ns}-{name}"
+    sync.mkdir(parents=True)
+    pod = _user_pod(name, command + "; while [ ! -e /sync/go ]; do sleep 0.1; done", claims)
+    pod["spec"]["volumes"] = [{"name": "sync", "hostPath": {"path": str(sync), "type": "Directory"}}]
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "sync", "mountPath": "/sync"}]
+    _create(env, ns, pod)
+    return sync
+
+
 def _node(env: ChartEnv, name: str) -> RealNode:
     return next(n for n in env.nodes if n.name == name)
 
@@ -402,12 +413,7 @@ def test_user_pod_is_placed_through_the_extender_and_sees_exactly_its_devices(ch
     ns = _namespace(env)
     before = _metric_sum(_extender_metrics(env), "topodra_extender_requests_total")
     _template(env, ns, "pair", gpus=1, nics=1)
-    sync = env.base / "sync" / ns
-    sync.mkdir(parents=True)
-    pod = _user_pod("probe", PROBE + "; while [ ! -e /sync/go ]; do sleep 0.1; done", [("acc", "pair")])
-    pod["spec"]["volumes"] = [{"name": "sync", "hostPath": {"path": str(sync), "type": "Directory"}}]
-    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "sync", "mountPath": "/sync"}]
-    _create(env, ns, pod)
+    sync = _create_waiting_pod(env, ns, "probe", PROBE, [("acc", "pair")])
     running = _wait_phase(env, ns, "probe", ("Running",))
     node = _node(env, running["spec"]["nodeName"])
     claim = _claim_of(env, ns, running)
@@ -506,12 +512,7 @@ def test_deleting_a_driver_pod_under_a_running_pod_keeps_it_running(chart: Chart
     env = chart
     ns = _namespace(env)
     _template(env, ns, "one-gpu", gpus=1)
-    sync = env.base / "sync" / ns
-    sync.mkdir(parents=True)
-    pod = _user_pod("holder", "echo started; while [ ! -e /sync/go ]; do sleep 0.1; done", [("gpu", "one-gpu")])
-    pod["spec"]["volumes"] = [{"name": "sync", "hostPath": {"path": str(sync), "type": "Directory"}}]
-    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "sync", "mountPath": "/sync"}]
-    _create(env, ns, pod)
+    sync = _create_waiting_pod(env, ns, "holder", "echo started", [("gpu", "one-gpu")])
     running = _wait_phase(env, ns, "holder", ("Running",))
     node = _node(env, running["spec"]["nodeName"])
     claim = _claim_of(env, ns, running)
