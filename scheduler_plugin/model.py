@@ -307,6 +307,8 @@ class NodeTerm:
     """One required node-affinity term: all its expressions must hold (terms are ORed)."""
 
     expressions: tuple[tuple[str, str, tuple[str, ...]], ...]  # (key, operator, values)
+    # matchFields: kube-scheduler supports only metadata.name (In/NotIn), as DaemonSet pods use it.
+    names: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (operator, node names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,7 +316,8 @@ class Placement:
     """The node constraints of a pod that the extender evaluates itself when it plans a node.
 
     `opaque` is set when the pod has constraints the extender does not evaluate (pod affinity, topology
-    spread, matchFields, host ports ...): such pods are never steered, kube-scheduler judges them as usual.
+    spread, matchFields other than metadata.name, host ports ...): such pods are never steered,
+    kube-scheduler judges them as usual.
     """
 
     node_selector: tuple[tuple[str, str], ...] = ()
@@ -333,11 +336,15 @@ def parse_placement(spec: Mapping[str, Any]) -> Placement:
     req = _d(_d(aff.get("nodeAffinity")).get("requiredDuringSchedulingIgnoredDuringExecution"))
     for t in _l(req.get("nodeSelectorTerms")):
         t = _d(t)
-        if _l(t.get("matchFields")):
-            opaque = True
+        names = []
+        for f in _l(t.get("matchFields")):
+            f = _d(f)
+            if _s(f.get("key")) != "metadata.name" or _s(f.get("operator")) not in ("In", "NotIn"):
+                opaque = True
+            names.append((_s(f.get("operator")), tuple(str(v) for v in _l(f.get("values")))))
         exprs = tuple((_s(_d(e).get("key")), _s(_d(e).get("operator")),
                        tuple(str(v) for v in _l(_d(e).get("values")))) for e in _l(t.get("matchExpressions")))
-        terms.append(NodeTerm(exprs))
+        terms.append(NodeTerm(exprs, tuple(names)))
     for c in _l(spec.get("containers")) + _l(spec.get("initContainers")):
         if any(_d(p).get("hostPort") for p in _l(_d(c).get("ports"))):
             opaque = True

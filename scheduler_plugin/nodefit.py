@@ -1,4 +1,5 @@
-"""Does a node accept a pod apart from devices: cordon, taints, nodeSelector, required node affinity.
+"""Does a node accept a pod apart from devices: cordon, taints, nodeSelector, required node affinity
+(matchExpressions, and matchFields on metadata.name).
 
 The planner chooses a node for a pod before kube-scheduler looks at it; a node the in-tree filters would
 refuse is a wasted nomination (kube-scheduler then filters the whole cluster). These are the checks that
@@ -45,8 +46,11 @@ def _tolerated(t: Taint, tolerations: tuple[Toleration, ...]) -> bool:
 
 
 def _term(node: Node, term: NodeTerm) -> bool:
-    if not term.expressions:
+    if not term.expressions and not term.names:
         return False  # an empty term matches no node
+    for op, names in term.names:  # matchFields on metadata.name (others make the pod opaque)
+        if (node.name in names) != (op == "In"):
+            return False
     labels = dict(node.labels)
     for key, op, values in term.expressions:
         have = labels.get(key)

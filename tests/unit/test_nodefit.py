@@ -140,3 +140,28 @@ def test_checks_come_in_order_cordon_taint_selector() -> None:
     assert admits(node, _placement(nodeSelector={"x": "y"})) == "node is cordoned"
     tol = [{"key": "node.kubernetes.io/unschedulable", "operator": "Exists"}]
     assert admits(node, _placement(nodeSelector={"x": "y"}, tolerations=tol)) == "taint t=:NoSchedule not tolerated"
+
+
+def _fields(op: str, names: list[str], key: str = "metadata.name", **exprs: str) -> dict[str, Any]:
+    term: dict[str, Any] = {"matchFields": [{"key": key, "operator": op, "values": names}]}
+    if exprs:
+        term["matchExpressions"] = [{"key": k, "operator": "In", "values": [v]} for k, v in exprs.items()]
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
+
+
+def test_match_fields_on_the_node_name_are_evaluated() -> None:
+    """DaemonSet-style pods (and users' pins) name their node by matchFields metadata.name; the planner
+    honours it instead of leaving the pod to kube-scheduler (a gang of such pods was never placed)."""
+    node = _node(rack="r1")  # named "n"
+    p = _placement(affinity=_fields("In", ["n"]))
+    assert not p.opaque and admits(node, p) == ""
+    assert admits(node, _placement(affinity=_fields("In", ["other"]))) == "required node affinity does not match"
+    assert admits(node, _placement(affinity=_fields("NotIn", ["n"]))) == "required node affinity does not match"
+    assert admits(node, _placement(affinity=_fields("NotIn", ["other"]))) == ""
+    # Fields and expressions of one term are ANDed.
+    assert admits(node, _placement(affinity=_fields("In", ["n"], rack="r2"))) != ""
+    assert admits(node, _placement(affinity=_fields("In", ["n"], rack="r1"))) == ""
+
+
+def test_other_match_fields_stay_opaque() -> None:
+    assert _placement(affinity=_fields("In", ["x"], key="metadata.uid")).opaque
