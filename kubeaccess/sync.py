@@ -82,6 +82,17 @@ class KubeClient:
     def get(self, path: str, **query: Any) -> Json:
         return self.request("GET", path, query=query)
 
+    def get_text(self, path: str, **query: Any) -> str:
+        """A text answer, such as a container's log; ApiError otherwise."""
+        try:
+            r = self._pool.request("GET", self.url(path, query), headers=self._headers(None),
+                                   timeout=urllib3.Timeout(connect=5.0, read=self.timeout), preload_content=True)
+        except _TRANSPORT_ERRORS as e:
+            raise ApiError(0, f"GET {path}: {e.__class__.__name__}: {e}") from e
+        if r.status >= 300:
+            raise ApiError.from_body(r.status, r.data, f"GET {path}: {r.reason}")
+        return str(r.data.decode(errors="replace"))
+
     def watch(self, path: str, query: Mapping[str, Any], timeout: float) -> Iterator[Json]:
         """`{"type": CONNECTED}`, then the watch's events until the server ends it or `timeout` passes
         without data. An `ERROR` event or a broken stream raises ApiError."""
