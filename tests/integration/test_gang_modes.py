@@ -64,7 +64,8 @@ def test_required_rack_waits_explained_then_runs_when_the_rack_grows(
             gang_pod(client, ns, n, "racked", 3, fleet, **{REQUIRED: "rack"})
         st = wait_for("an explanation on the pods",
                       lambda: (s := gang_status(client, ns, "rk-0")).get("phase") in ("Waiting", "Refused") and s,
-                      30)
+                      60, explain=lambda: (f"status {gang_status(client, ns, 'rk-0')}, bound {bound(client, ns, names)}"
+                                           f", events {events(client, ns, 'rk-0')}"))
         assert isinstance(st, dict) and st.get("level") == "rack" and "GPUs" in str(st.get("message")), st
         msgs = events(client, ns, "rk-0")
         assert any(m.startswith(("GangWaiting", "GangRefused")) and "rack" in m for m in msgs), msgs
