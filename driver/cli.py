@@ -24,6 +24,12 @@ def _env_bool(name: str) -> bool | None:
     return None if v is None else v.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _env_path(name: str) -> Path | None:
+    """A path from the environment; unset or empty means none."""
+    v = os.environ.get(name)
+    return Path(v) if v else None
+
+
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "driver",
@@ -64,7 +70,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--driver-root",
         type=Path,
-        default=Path(env("TOPODRA_DRIVER_ROOT", "")) if env("TOPODRA_DRIVER_ROOT") else None,
+        default=_env_path("TOPODRA_DRIVER_ROOT"),
         help="where the host's NVIDIA driver root is mounted; libnvidia-ml.so.1 is searched below it "
         "(default: the library path; env TOPODRA_DRIVER_ROOT)",
     )
@@ -90,7 +96,7 @@ def register(sub: Any) -> None:
     k.add_argument(
         "--boot-id-file",
         type=Path,
-        default=Path(env("TOPODRA_BOOT_ID_FILE", "")) if env("TOPODRA_BOOT_ID_FILE") else None,
+        default=_env_path("TOPODRA_BOOT_ID_FILE"),
         help="file holding this boot's id; a change means the node rebooted "
         "(default /proc/sys/kernel/random/boot_id; env TOPODRA_BOOT_ID_FILE)",
     )

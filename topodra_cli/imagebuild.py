@@ -175,6 +175,11 @@ def copy_sources(source: Path, dest: Path) -> None:
     """pyproject.toml and the packages' files (code and package data) of `source`, as the image takes them."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source / "pyproject.toml", dest / "pyproject.toml")
+    _copy_package_files(source, dest)
+
+
+def _copy_package_files(source: Path, dest: Path) -> None:
+    """Every package's source and data files under `source`, at the same relative paths under `dest`."""
     for pkg in _packages(source):
         for dirpath, dirnames, filenames in os.walk(source / pkg):
             dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
@@ -189,15 +194,7 @@ def copy_sources(source: Path, dest: Path) -> None:
 def assemble_app(root: Path, version: str, source: Path = REPO) -> None:
     """topodra's packages into site-packages, its dist-info and the `topodra` command (what pip would write)."""
     site = root / SITE
-    for pkg in _packages(source):
-        for dirpath, dirnames, filenames in os.walk(source / pkg):
-            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-            for name in filenames:
-                if name.endswith(SOURCE_SUFFIXES):
-                    src = Path(dirpath) / name
-                    dst = site / src.relative_to(source)
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(src, dst)
+    _copy_package_files(source, site)
     info = site / f"topodra-{version}.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: topodra\nVersion: {version}\n")

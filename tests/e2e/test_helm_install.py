@@ -26,7 +26,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +86,6 @@ class ChartEnv:
     base: Path
     values_file: Path
     extender_port: int
-    log: list[str] = field(default_factory=list)
 
     @property
     def control_plane(self) -> RealNode:
