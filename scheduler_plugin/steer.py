@@ -56,6 +56,7 @@ class Steering:
         self.wake = asyncio.Event()
         self.steered: dict[str, tuple[str, float]] = {}  # pod uid -> (node, when) of our nomination
         self._writes: set[asyncio.Task[None]] = set()
+        self._last_write: dict[str, asyncio.Task[None]] = {}  # pod uid -> its newest write
         self._sem = asyncio.Semaphore(MAX_WRITES)
         self.log = structlog.get_logger("topodra.extender.steer")
         index.on_pending = self.wake.set
@@ -211,7 +212,14 @@ class Steering:
 
     # ---- write tasks ---------------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, None], what: str, pod: Pod | None) -> None:
+        # Writes to one pod land in the order they were made: concurrent patches could otherwise let an
+        # older gang status overwrite a newer one (seen: "1 of 3 members exist" after the refusal).
+        key = pod.uid if pod is not None else ""
+        before = self._last_write.get(key) if key else None
+
         async def guarded() -> None:
+            if before is not None and not before.done():
+                await asyncio.wait([before])
             async with self._sem:
                 try:
                     await coro
@@ -224,6 +232,10 @@ class Steering:
         t = asyncio.get_running_loop().create_task(guarded())
         self._writes.add(t)
         t.add_done_callback(self._writes.discard)
+        if key:
+            self._last_write[key] = t
+            t.add_done_callback(lambda done: self._last_write.pop(key, None)
+                                if self._last_write.get(key) is done else None)
 
     def cancel_writes(self) -> None:
         """This replica stopped being the active one: what it has not written yet must not land."""

@@ -38,3 +38,33 @@ def test_a_batch_of_pods_is_spread_no_further_than_each_node_holds() -> None:
     assert per_node["n0"] == 8 and per_node["n1"] == 4  # the fullest node that fits first, never more than 8
     keys = [k for r in idx.reservations.values() for k in r.devices]
     assert len(keys) == len(set(keys)) == 24  # a GPU and a NIC each, none promised twice
+
+
+def test_writes_to_one_pod_land_in_the_order_they_were_made() -> None:
+    """A slow first patch must not land after a quicker second one (a stale gang status was seen to win)."""
+    from typing import Any
+
+    from scheduler_plugin.model import parse_pod
+
+    landed: list[str] = []
+
+    class SlowFirstWriter:
+        async def annotate(self, ns: str, name: str, annotations: dict[str, str | None]) -> None:
+            value = str(annotations["topodra.dev/gang-status"])
+            if value == "old":
+                await asyncio.sleep(0.2)
+            landed.append(f"{name}={value}")
+
+    async def run() -> None:
+        idx = make_index()
+        writer: Any = SlowFirstWriter()
+        s = Steering(idx, CFG, Planner(idx, CFG), writer, Metrics())
+        a, b = parse_pod(pod("a")), parse_pod(pod("b"))
+        s.annotate(a, {"topodra.dev/gang-status": "old"})
+        s.annotate(a, {"topodra.dev/gang-status": "new"})
+        s.annotate(b, {"topodra.dev/gang-status": "other"})  # another pod is not held back
+        await s.drain()
+
+    asyncio.run(run())
+    assert landed.index("a=old") < landed.index("a=new")
+    assert landed.index("b=other") < landed.index("a=old")
